@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both are idempotent: torch is installed once into .venv and never reinstalled.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup build demo test lint rust-test py-test bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+# Installs only what is missing: a second run costs one import check.
+setup: $(VPY)
+	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin" 2>/dev/null \
+	  || $(VPY) -m pip install -q $(DEPS)
+	@command -v ruff >/dev/null || $(VPY) -m pip install -q ruff
+
+build: setup
+	$(VPY) -m maturin develop --release -q
+
+demo: build
+	$(VPY) -m esper_lifetimes demo
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -q -- -D warnings
+	cargo clippy --all-targets --features python -q -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff format --check python tests benchmarks examples
+
+rust-test:
+	cargo test -q
+
+py-test: build
+	$(VPY) -m pytest -q
+
+test: lint rust-test py-test
+
+bench: build
+	$(VPY) benchmarks/bench_engine.py
+
+clean:
+	rm -rf target $(VENV)
