@@ -1,0 +1,549 @@
+//! The one PyO3 layer: argument checking, the lock, and conversion of hazards.
+//!
+//! Hot-path methods take positional ints and do no keyword work on success. Every
+//! argument error becomes an `InvalidArgumentError` naming the value, and every engine
+//! error keeps the engine's state as it was (interned sites included).
+
+use crate::engine::{Engine as Core, EngineError, Handle, Stats};
+use crate::hazard::Hazard as CoreHazard;
+use crate::sites::{SiteId, NO_SITE};
+use parking_lot::Mutex;
+use pyo3::buffer::PyBuffer;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyString};
+
+create_exception!(
+    _core,
+    LifetimesError,
+    PyException,
+    "Base class of every error esper-lifetimes raises."
+);
+create_exception!(
+    _core,
+    InvalidArgumentError,
+    LifetimesError,
+    "A call's argument is malformed: not an int, out of range, a zero or negative size."
+);
+create_exception!(
+    _core,
+    UnknownStorageError,
+    LifetimesError,
+    "A call names memory the engine does not know as it says (unknown or interior pointer, \
+     access outside any live storage, allocation over a live storage)."
+);
+
+fn to_py(e: EngineError) -> PyErr {
+    match e {
+        EngineError::InvalidArgument(m) => InvalidArgumentError::new_err(m),
+        EngineError::UnknownStorage(m) => UnknownStorageError::new_err(m),
+    }
+}
+
+fn describe(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unprintable>".to_owned())
+}
+
+#[inline]
+fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    match obj.extract::<u64>() {
+        Ok(v) => Ok(v),
+        Err(_) => Err(InvalidArgumentError::new_err(
+            if obj.is_instance_of::<PyInt>() {
+                format!(
+                    "{what} must be a non-negative int below 2**64, got {}",
+                    describe(obj)
+                )
+            } else {
+                format!("{what} must be an int, got {}", describe(obj))
+            },
+        )),
+    }
+}
+
+#[inline]
+fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    match obj.extract::<i64>() {
+        Ok(v) if v > 0 => Ok(v as u64),
+        _ => Err(InvalidArgumentError::new_err(format!(
+            "nbytes must be a positive int, got {}",
+            describe(obj)
+        ))),
+    }
+}
+
+#[inline]
+fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
+    if let Ok(v) = obj.extract::<i64>() {
+        return Ok(Handle::from(v));
+    }
+    if let Ok(v) = obj.extract::<u64>() {
+        return Ok(Handle::from(v));
+    }
+    Err(InvalidArgumentError::new_err(format!(
+        "{what} must be an int in the 64-bit range (a stream or event handle), got {}",
+        describe(obj)
+    )))
+}
+
+/// The engine, shared by every thread that holds it: all state sits behind one lock.
+#[pyclass(frozen, module = "esper_lifetimes._core")]
+pub struct Engine {
+    core: Mutex<Core>,
+}
+
+impl Engine {
+    /// Resolves `site` (None, str, or interned int) and runs `f`; a failed call rolls
+    /// back a site it interned, so the engine is exactly as before the call.
+    #[inline]
+    fn with_site<T>(
+        &self,
+        site: Option<&Bound<'_, PyAny>>,
+        f: impl FnOnce(&mut Core, SiteId) -> Result<T, EngineError>,
+    ) -> PyResult<T> {
+        let mut core = self.core.lock();
+        let mark = core.sites_len();
+        let id = match site {
+            None => NO_SITE,
+            Some(obj) if obj.is_none() => NO_SITE,
+            Some(obj) => {
+                if let Ok(s) = obj.cast::<PyString>() {
+                    core.intern(s.to_str()?)
+                } else if let Ok(i) = obj.extract::<u32>() {
+                    core.check_site(i).map_err(to_py)?
+                } else {
+                    return Err(InvalidArgumentError::new_err(format!(
+                        "site must be None, a str or an int from intern(), got {}",
+                        describe(obj)
+                    )));
+                }
+            }
+        };
+        let r = f(&mut core, id);
+        if r.is_err() {
+            core.truncate_sites(mark);
+        }
+        r.map_err(to_py)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    fn new() -> Self {
+        Engine {
+            core: Mutex::new(Core::new()),
+        }
+    }
+
+    /// A storage `[ptr, ptr+nbytes)` allocated while `stream` was current.
+    #[pyo3(signature = (ptr, nbytes, stream, site=None))]
+    fn alloc(
+        &self,
+        ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n, s) = (
+            ptr_arg(ptr, "ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        self.with_site(site, |c, id| c.alloc(p, n, s, id))
+    }
+
+    /// Work on `stream` reads (or writes) `[ptr, ptr+nbytes)` inside one live storage.
+    #[pyo3(signature = (ptr, nbytes, stream, write=false, site=None))]
+    fn access(
+        &self,
+        ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        write: bool,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n, s) = (
+            ptr_arg(ptr, "ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        self.with_site(site, |c, id| c.access(p, n, s, write, id))
+    }
+
+    /// `Tensor.record_stream(stream)` on the storage containing `ptr`.
+    #[pyo3(signature = (ptr, stream, site=None))]
+    fn record_stream(
+        &self,
+        ptr: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, s) = (ptr_arg(ptr, "ptr")?, handle_arg(stream, "stream")?);
+        self.with_site(site, |c, id| c.record_stream(p, s, id))
+    }
+
+    /// The storage whose base pointer is `ptr` is freed.
+    #[pyo3(signature = (ptr, site=None))]
+    fn free(&self, ptr: &Bound<'_, PyAny>, site: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let p = ptr_arg(ptr, "ptr")?;
+        self.with_site(site, |c, id| c.free(p, id))
+    }
+
+    fn event_record(&self, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
+        self.core.lock().event_record(e, s);
+        Ok(())
+    }
+
+    fn event_wait(&self, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
+        self.core.lock().event_wait(e, s);
+        Ok(())
+    }
+
+    fn stream_wait(&self, waiter: &Bound<'_, PyAny>, waited: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (w, t) = (handle_arg(waiter, "waiter")?, handle_arg(waited, "waited")?);
+        self.core.lock().stream_wait(w, t);
+        Ok(())
+    }
+
+    fn stream_synchronize(&self, stream: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = handle_arg(stream, "stream")?;
+        self.core.lock().stream_synchronize(s);
+        Ok(())
+    }
+
+    fn event_synchronize(&self, event: &Bound<'_, PyAny>) -> PyResult<()> {
+        let e = handle_arg(event, "event")?;
+        self.core.lock().event_synchronize(e);
+        Ok(())
+    }
+
+    fn device_synchronize(&self) {
+        self.core.lock().device_synchronize();
+    }
+
+    fn stream_query(&self, stream: &Bound<'_, PyAny>, complete: bool) -> PyResult<()> {
+        let s = handle_arg(stream, "stream")?;
+        self.core.lock().stream_query(s, complete);
+        Ok(())
+    }
+
+    fn event_query(&self, event: &Bound<'_, PyAny>, complete: bool) -> PyResult<()> {
+        let e = handle_arg(event, "event")?;
+        self.core.lock().event_query(e, complete);
+        Ok(())
+    }
+
+    /// Forgets a destroyed event (keeps memory flat when events are made per step).
+    fn forget_event(&self, event: &Bound<'_, PyAny>) -> PyResult<()> {
+        let e = handle_arg(event, "event")?;
+        self.core.lock().forget_event(e);
+        Ok(())
+    }
+
+    /// Names a stream for reports; `virtual=True`: its work completes only when the host
+    /// synchronizes it.
+    #[pyo3(signature = (stream, name=None, r#virtual=false))]
+    fn define_stream(
+        &self,
+        stream: &Bound<'_, PyAny>,
+        name: Option<&str>,
+        r#virtual: bool,
+    ) -> PyResult<()> {
+        let s = handle_arg(stream, "stream")?;
+        self.core.lock().define_stream(s, name, r#virtual);
+        Ok(())
+    }
+
+    /// A non-blocking device-to-host copy on `stream` writes host bytes.
+    #[pyo3(signature = (host_ptr, nbytes, stream, site=None))]
+    fn copy_to_host(
+        &self,
+        host_ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n, s) = (
+            ptr_arg(host_ptr, "host_ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        self.with_site(site, |c, id| c.copy_to_host(p, n, s, id))
+    }
+
+    /// A non-blocking host-to-device copy on `stream` reads pinned host bytes.
+    #[pyo3(signature = (host_ptr, nbytes, stream, site=None))]
+    fn copy_from_host(
+        &self,
+        host_ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n, s) = (
+            ptr_arg(host_ptr, "host_ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        self.with_site(site, |c, id| c.copy_from_host(p, n, s, id))
+    }
+
+    /// The host reads (or writes) host bytes.
+    #[pyo3(signature = (host_ptr, nbytes, write=false, site=None))]
+    fn host_access(
+        &self,
+        host_ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        write: bool,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n) = (ptr_arg(host_ptr, "host_ptr")?, size_arg(nbytes)?);
+        self.with_site(site, |c, id| c.host_access(p, n, write, id))
+    }
+
+    /// The host block was freed: forget pending copies over it.
+    fn host_release(&self, host_ptr: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (p, n) = (ptr_arg(host_ptr, "host_ptr")?, size_arg(nbytes)?);
+        self.core.lock().host_release(p, n).map_err(to_py)
+    }
+
+    /// An int standing for `site` (cheaper than a str on hot paths).
+    fn intern(&self, site: &str) -> u32 {
+        self.core.lock().intern(site)
+    }
+
+    /// `(base, nbytes, alloc_stream)` of the live storage containing `ptr`, or None.
+    fn storage_at(&self, ptr: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u64, Handle)>> {
+        let p = ptr_arg(ptr, "ptr")?;
+        Ok(self.core.lock().storage_at(p))
+    }
+
+    /// Distinct hazards in the order first found, from index `since`.
+    #[pyo3(signature = (since=0))]
+    fn hazards(&self, since: usize) -> Vec<Hazard> {
+        let core = self.core.lock();
+        core.hazards()
+            .iter()
+            .skip(since)
+            .map(|h| Hazard::from_core(&core, h))
+            .collect()
+    }
+
+    fn hazard_count(&self) -> usize {
+        self.core.lock().hazards().len()
+    }
+
+    fn error_count(&self) -> usize {
+        self.core.lock().error_count()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let Stats {
+            live_storages,
+            freed_tracked,
+            freed_dropped,
+            pending_host_copies,
+            streams,
+            events,
+            sites,
+            hazards,
+            events_processed,
+        } = self.core.lock().stats();
+        let d = PyDict::new(py);
+        d.set_item("live_storages", live_storages)?;
+        d.set_item("freed_tracked", freed_tracked)?;
+        d.set_item("freed_dropped", freed_dropped)?;
+        d.set_item("pending_host_copies", pending_host_copies)?;
+        d.set_item("streams", streams)?;
+        d.set_item("events", events)?;
+        d.set_item("sites", sites)?;
+        d.set_item("hazards", hazards)?;
+        d.set_item("events_processed", events_processed)?;
+        Ok(d)
+    }
+
+    /// Bulk path: a C-contiguous int64 array of shape (N, 4), one event a row. Returns
+    /// the rows applied; on a bad row, the rows before it stay applied and the error
+    /// names its index.
+    fn replay(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let buf = PyBuffer::<i64>::get(array).map_err(|e| {
+            InvalidArgumentError::new_err(format!(
+                "replay takes a C-contiguous numpy int64 array of shape (N, 4): {e}"
+            ))
+        })?;
+        let shape = buf.shape();
+        if buf.dimensions() != 2 || shape[1] != 4 || !buf.is_c_contiguous() {
+            return Err(InvalidArgumentError::new_err(format!(
+                "replay takes a C-contiguous int64 array of shape (N, 4), got shape {shape:?}"
+            )));
+        }
+        let cells = buf
+            .as_slice(py)
+            .ok_or_else(|| InvalidArgumentError::new_err("replay: array is not contiguous"))?;
+        let mut core = self.core.lock();
+        let rows = cells
+            .chunks_exact(4)
+            .map(|r| [r[0].get(), r[1].get(), r[2].get(), r[3].get()]);
+        core.apply_rows(rows).map_err(|(i, e)| match e {
+            EngineError::InvalidArgument(m) => {
+                InvalidArgumentError::new_err(format!("replay row {i}: {m}"))
+            }
+            EngineError::UnknownStorage(m) => {
+                UnknownStorageError::new_err(format!("replay row {i}: {m}"))
+            }
+        })
+    }
+
+    /// The floor for benchmarks: same arguments and checks as `access`, no engine work.
+    #[pyo3(signature = (ptr, nbytes, stream, write=false, site=None))]
+    fn _noop(
+        &self,
+        ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        write: bool,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let _ = (
+            ptr_arg(ptr, "ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        let _ = (write, site);
+        Ok(())
+    }
+}
+
+/// One distinct hazard, resolved to the caller's handles and site strings.
+#[pyclass(frozen, module = "esper_lifetimes._core")]
+pub struct Hazard {
+    #[pyo3(get)]
+    kind: &'static str,
+    #[pyo3(get)]
+    severity: &'static str,
+    #[pyo3(get)]
+    count: u64,
+    #[pyo3(get)]
+    ptr: u64,
+    #[pyo3(get)]
+    nbytes: u64,
+    #[pyo3(get)]
+    alloc_stream: Option<Handle>,
+    #[pyo3(get)]
+    use_stream: Option<Handle>,
+    #[pyo3(get)]
+    other_stream: Option<Handle>,
+    #[pyo3(get)]
+    alloc_stream_name: Option<String>,
+    #[pyo3(get)]
+    use_stream_name: Option<String>,
+    #[pyo3(get)]
+    other_stream_name: Option<String>,
+    #[pyo3(get)]
+    alloc_site: Option<String>,
+    #[pyo3(get)]
+    use_site: Option<String>,
+    #[pyo3(get)]
+    free_site: Option<String>,
+    #[pyo3(get)]
+    other_site: Option<String>,
+    #[pyo3(get)]
+    other_ptr: Option<u64>,
+    #[pyo3(get)]
+    other_nbytes: Option<u64>,
+    #[pyo3(get)]
+    live: Option<bool>,
+    #[pyo3(get)]
+    message: String,
+}
+
+impl Hazard {
+    fn from_core(core: &Core, h: &CoreHazard) -> Self {
+        let handle = |s: Option<u32>| s.map(|s| core.stream_handle(s));
+        let name = |s: Option<u32>| s.map(|s| core.stream_label(s));
+        let site = |id: SiteId| core.site(id).map(str::to_owned);
+        Hazard {
+            kind: h.kind.name(),
+            severity: h.kind.severity(),
+            count: h.count,
+            ptr: h.ptr,
+            nbytes: h.nbytes,
+            alloc_stream: handle(h.alloc_stream),
+            use_stream: handle(h.use_stream),
+            other_stream: handle(h.other_stream),
+            alloc_stream_name: name(h.alloc_stream),
+            use_stream_name: name(h.use_stream),
+            other_stream_name: name(h.other_stream),
+            alloc_site: site(h.alloc_site),
+            use_site: site(h.use_site),
+            free_site: site(h.free_site),
+            other_site: site(h.other_site),
+            other_ptr: h.other_ptr,
+            other_nbytes: h.other_nbytes,
+            live: h.live,
+            message: core.message(h),
+        }
+    }
+}
+
+#[pymethods]
+impl Hazard {
+    /// The fields as a dict (JSON-ready).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("kind", self.kind)?;
+        d.set_item("severity", self.severity)?;
+        d.set_item("count", self.count)?;
+        d.set_item("ptr", self.ptr)?;
+        d.set_item("nbytes", self.nbytes)?;
+        d.set_item("alloc_stream", self.alloc_stream)?;
+        d.set_item("use_stream", self.use_stream)?;
+        d.set_item("other_stream", self.other_stream)?;
+        d.set_item("alloc_stream_name", &self.alloc_stream_name)?;
+        d.set_item("use_stream_name", &self.use_stream_name)?;
+        d.set_item("other_stream_name", &self.other_stream_name)?;
+        d.set_item("alloc_site", &self.alloc_site)?;
+        d.set_item("use_site", &self.use_site)?;
+        d.set_item("free_site", &self.free_site)?;
+        d.set_item("other_site", &self.other_site)?;
+        d.set_item("other_ptr", self.other_ptr)?;
+        d.set_item("other_nbytes", self.other_nbytes)?;
+        d.set_item("live", self.live)?;
+        d.set_item("message", &self.message)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Hazard(kind={:?}, count={}, ptr={:#x}, use_site={:?})",
+            self.kind,
+            self.count,
+            self.ptr,
+            self.use_site.as_deref().unwrap_or("None")
+        )
+    }
+
+    fn __str__(&self) -> String {
+        self.message.clone()
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Engine>()?;
+    m.add_class::<Hazard>()?;
+    m.add("LifetimesError", py.get_type::<LifetimesError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
+    m.add("UnknownStorageError", py.get_type::<UnknownStorageError>())?;
+    Ok(())
+}

@@ -1,0 +1,1009 @@
+//! The happens-before engine: streams, events, the host clock, live storages, freed
+//! ranges, host copies and the hazards found. See docs/ENGINE-API.md ("Exact
+//! semantics") for the rules this file implements, one function per row.
+//!
+//! Every public method validates its input before it changes anything, so a call that
+//! returns an error leaves the engine exactly as it was.
+
+use crate::clock::Clock;
+use crate::hashing::MixMap;
+use crate::hazard::{DedupKey, Hazard, Kind};
+use crate::shadow::{Access, Conflicts, Shadow};
+use crate::sites::{SiteId, Sites, NO_SITE};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A caller's handle for a stream or an event: any int in the i64 or u64 range.
+pub type Handle = i128;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The call's arguments are malformed (bad size, bad site id, bad bulk row).
+    InvalidArgument(String),
+    /// The call names memory the engine does not know as it says.
+    UnknownStorage(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::InvalidArgument(m) | EngineError::UnknownStorage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+fn invalid<T>(msg: String) -> Result<T> {
+    Err(EngineError::InvalidArgument(msg))
+}
+
+fn unknown<T>(msg: String) -> Result<T> {
+    Err(EngineError::UnknownStorage(msg))
+}
+
+struct Stream {
+    handle: Handle,
+    pos: u64,
+    clock: Clock,
+    name: Option<String>,
+    is_virtual: bool,
+    /// Positions proven still in flight by the latest query that returned false.
+    incomplete: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct Event {
+    clock: Option<Clock>,
+    stream: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Use {
+    stream: u32,
+    pos: u64,
+    site: SiteId,
+}
+
+struct Storage {
+    base: u64,
+    nbytes: u64,
+    alloc_stream: u32,
+    alloc_site: SiteId,
+    /// Streams given to record_stream, with the site of that call.
+    recorded: SmallVec<[(u32, SiteId); 2]>,
+    /// Latest use per stream other than the allocation stream, in first-use order.
+    uses: SmallVec<[Use; 2]>,
+    shadow: Shadow,
+}
+
+/// A freed range whose uncovered uses may still be in flight (for `reuse-race`).
+struct Tomb {
+    end: u64,
+    nbytes: u64,
+    alloc_stream: u32,
+    alloc_site: SiteId,
+    free_site: SiteId,
+    uses: SmallVec<[Use; 2]>,
+}
+
+#[derive(Clone, Copy)]
+struct HostCopy {
+    start: u64,
+    end: u64,
+    stream: u32,
+    pos: u64,
+    site: SiteId,
+    to_host: bool,
+}
+
+/// Counters for `Engine::stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub live_storages: usize,
+    pub freed_tracked: usize,
+    pub freed_dropped: u64,
+    pub pending_host_copies: usize,
+    pub streams: usize,
+    pub events: usize,
+    pub sites: usize,
+    pub hazards: usize,
+    pub events_processed: u64,
+}
+
+/// One row of the bulk path (`Engine::apply`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Alloc {
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+    },
+    Access {
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+        write: bool,
+    },
+    Free {
+        ptr: u64,
+    },
+    RecordStream {
+        ptr: u64,
+        stream: Handle,
+    },
+    EventRecord {
+        event: Handle,
+        stream: Handle,
+    },
+    EventWait {
+        event: Handle,
+        stream: Handle,
+    },
+    StreamWait {
+        waiter: Handle,
+        waited: Handle,
+    },
+    StreamSync {
+        stream: Handle,
+    },
+    EventSync {
+        event: Handle,
+    },
+    DeviceSync,
+}
+
+impl Op {
+    /// Decodes a bulk row `[op, a, b, c]` (docs/ENGINE-API.md, "Bulk path").
+    pub fn decode(row: [i64; 4]) -> Result<Op> {
+        let [op, a, b, c] = row;
+        let ptr = |v: i64, what: &str| -> Result<u64> {
+            u64::try_from(v).map_err(|_| {
+                EngineError::InvalidArgument(format!("{what} must not be negative, got {v}"))
+            })
+        };
+        let size = |v: i64| -> Result<u64> {
+            if v <= 0 {
+                invalid(format!("nbytes must be positive, got {v}"))
+            } else {
+                Ok(v as u64)
+            }
+        };
+        Ok(match op {
+            0 => Op::Alloc {
+                ptr: ptr(a, "ptr")?,
+                nbytes: size(b)?,
+                stream: c.into(),
+            },
+            1 | 2 => Op::Access {
+                ptr: ptr(a, "ptr")?,
+                nbytes: size(b)?,
+                stream: c.into(),
+                write: op == 2,
+            },
+            3 => Op::Free {
+                ptr: ptr(a, "ptr")?,
+            },
+            4 => Op::RecordStream {
+                ptr: ptr(a, "ptr")?,
+                stream: b.into(),
+            },
+            5 => Op::EventRecord {
+                event: a.into(),
+                stream: b.into(),
+            },
+            6 => Op::EventWait {
+                event: a.into(),
+                stream: b.into(),
+            },
+            7 => Op::StreamWait {
+                waiter: a.into(),
+                waited: b.into(),
+            },
+            8 => Op::StreamSync { stream: a.into() },
+            9 => Op::EventSync { event: a.into() },
+            10 => Op::DeviceSync,
+            other => return invalid(format!("unknown op code {other} (expected 0..=10)")),
+        })
+    }
+}
+
+/// Most freed ranges kept for reuse checks; past this the lowest addresses are dropped
+/// (their `unsynced-free` was already reported; only a later `reuse-race` is lost).
+const MAX_TOMBS: usize = 1 << 18;
+
+pub struct Engine {
+    streams: Vec<Stream>,
+    stream_ix: MixMap<Handle, u32>,
+    events: MixMap<Handle, Event>,
+    host: Clock,
+    slots: Vec<Option<Storage>>,
+    free_slots: Vec<u32>,
+    by_base: MixMap<u64, u32>,
+    by_addr: BTreeMap<u64, u32>,
+    tombs: BTreeMap<u64, Tomb>,
+    tomb_prune_at: usize,
+    tombs_dropped: u64,
+    copies: Vec<HostCopy>,
+    copies_prune_at: usize,
+    sites: Sites,
+    hazards: Vec<Hazard>,
+    hazard_ix: MixMap<DedupKey, usize>,
+    errors: usize,
+    processed: u64,
+    scratch: Conflicts,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Engine {
+            streams: Vec::new(),
+            stream_ix: MixMap::default(),
+            events: MixMap::default(),
+            host: Clock::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_base: MixMap::default(),
+            by_addr: BTreeMap::new(),
+            tombs: BTreeMap::new(),
+            tomb_prune_at: 1024,
+            tombs_dropped: 0,
+            copies: Vec::new(),
+            copies_prune_at: 64,
+            sites: Sites::default(),
+            hazards: Vec::new(),
+            hazard_ix: MixMap::default(),
+            errors: 0,
+            processed: 0,
+            scratch: Conflicts::new(),
+        }
+    }
+
+    // ----- sites ---------------------------------------------------------------------
+
+    pub fn intern(&mut self, site: &str) -> SiteId {
+        self.sites.intern(site)
+    }
+
+    pub fn sites_len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn truncate_sites(&mut self, len: usize) {
+        self.sites.truncate(len);
+    }
+
+    pub fn site(&self, id: SiteId) -> Option<&str> {
+        self.sites.get(id)
+    }
+
+    pub fn check_site(&self, id: SiteId) -> Result<SiteId> {
+        if self.sites.is_valid(id) {
+            Ok(id)
+        } else {
+            invalid(format!("site id {id} was not returned by intern()"))
+        }
+    }
+
+    // ----- streams and events --------------------------------------------------------
+
+    /// The dense index of a stream, creating it (from the host's clock) on first use.
+    #[inline]
+    fn stream(&mut self, handle: Handle) -> u32 {
+        if let Some(&ix) = self.stream_ix.get(&handle) {
+            return ix;
+        }
+        let ix = self.streams.len() as u32;
+        self.streams.push(Stream {
+            handle,
+            pos: 0,
+            clock: self.host.clone(),
+            name: None,
+            is_virtual: false,
+            incomplete: None,
+        });
+        self.stream_ix.insert(handle, ix);
+        ix
+    }
+
+    pub fn stream_handle(&self, ix: u32) -> Handle {
+        self.streams[ix as usize].handle
+    }
+
+    pub fn stream_label(&self, ix: u32) -> String {
+        let s = &self.streams[ix as usize];
+        match &s.name {
+            Some(n) => n.clone(),
+            None => format!("stream {:#x}", s.handle),
+        }
+    }
+
+    pub fn define_stream(&mut self, stream: Handle, name: Option<&str>, is_virtual: bool) {
+        let ix = self.stream(stream) as usize;
+        if let Some(n) = name {
+            self.streams[ix].name = Some(n.to_owned());
+        }
+        self.streams[ix].is_virtual = is_virtual;
+    }
+
+    /// Work enqueued on `s`: its position advances; returns the work's position.
+    #[inline]
+    fn enqueue(&mut self, s: u32) -> u64 {
+        let st = &mut self.streams[s as usize];
+        st.pos += 1;
+        let p = st.pos;
+        st.clock.set(s, p);
+        p
+    }
+
+    fn live(&self, u: u32, pos: u64) -> Option<bool> {
+        let st = &self.streams[u as usize];
+        if st.is_virtual && !self.host.covers(u, pos) {
+            return Some(true);
+        }
+        match st.incomplete {
+            Some((lo, hi)) if lo <= pos && pos <= hi && !self.host.covers(u, pos) => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn event_record(&mut self, event: Handle, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let clock = self.streams[s as usize].clock.clone();
+        let ev = self.events.entry(event).or_default();
+        ev.clock = Some(clock);
+        ev.stream = Some(s);
+    }
+
+    pub fn event_wait(&mut self, event: Handle, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let ev = self.events.entry(event).or_default();
+        if let Some(c) = &ev.clock {
+            self.streams[s as usize].clock.join(c);
+        }
+    }
+
+    pub fn stream_wait(&mut self, waiter: Handle, waited: Handle) {
+        self.processed += 1;
+        let w = self.stream(waiter);
+        let t = self.stream(waited);
+        if w != t {
+            let c = self.streams[t as usize].clock.clone();
+            self.streams[w as usize].clock.join(&c);
+        }
+    }
+
+    pub fn stream_synchronize(&mut self, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let c = &self.streams[s as usize].clock;
+        self.host.join(c);
+    }
+
+    pub fn event_synchronize(&mut self, event: Handle) {
+        self.processed += 1;
+        let ev = self.events.entry(event).or_default();
+        if let Some(c) = &ev.clock {
+            self.host.join(c);
+        }
+    }
+
+    pub fn device_synchronize(&mut self) {
+        self.processed += 1;
+        for st in &self.streams {
+            self.host.join(&st.clock);
+        }
+    }
+
+    pub fn stream_query(&mut self, stream: Handle, complete: bool) {
+        if complete {
+            return self.stream_synchronize(stream);
+        }
+        self.processed += 1;
+        let s = self.stream(stream) as usize;
+        let p = self.streams[s].pos;
+        self.streams[s].incomplete = Some((p, p));
+    }
+
+    pub fn event_query(&mut self, event: Handle, complete: bool) {
+        if complete {
+            return self.event_synchronize(event);
+        }
+        self.processed += 1;
+        let ev = self.events.entry(event).or_default();
+        if let (Some(c), Some(s)) = (&ev.clock, ev.stream) {
+            let lo = c.get(s);
+            let st = &mut self.streams[s as usize];
+            st.incomplete = Some((lo, st.pos));
+        }
+    }
+
+    /// Forgets an event the caller destroyed (keeps memory flat when events are created
+    /// per iteration). Waiting on it afterwards is a wait on a never-recorded event.
+    pub fn forget_event(&mut self, event: Handle) {
+        self.events.remove(&event);
+    }
+
+    // ----- storages ------------------------------------------------------------------
+
+    fn check_size(nbytes: u64, ptr: u64) -> Result<u64> {
+        if nbytes == 0 {
+            return invalid(format!("nbytes must be positive, got 0 (ptr {ptr:#x})"));
+        }
+        match ptr.checked_add(nbytes) {
+            Some(end) => Ok(end),
+            None => invalid(format!(
+                "range {ptr:#x} + {nbytes} bytes overflows the address space"
+            )),
+        }
+    }
+
+    /// The slot of the live storage containing `ptr`, if any.
+    #[inline]
+    fn find(&self, ptr: u64) -> Option<u32> {
+        if let Some(&slot) = self.by_base.get(&ptr) {
+            return Some(slot);
+        }
+        let (_, &slot) = self.by_addr.range(..=ptr).next_back()?;
+        let st = self.slots[slot as usize].as_ref().expect("live slot");
+        (ptr < st.base + st.nbytes).then_some(slot)
+    }
+
+    pub fn storage_at(&self, ptr: u64) -> Option<(u64, u64, Handle)> {
+        let st = self.slots[self.find(ptr)? as usize].as_ref()?;
+        Some((st.base, st.nbytes, self.stream_handle(st.alloc_stream)))
+    }
+
+    pub fn alloc(&mut self, ptr: u64, nbytes: u64, stream: Handle, site: SiteId) -> Result<()> {
+        let end = Self::check_size(nbytes, ptr)?;
+        if let Some((&base, &slot)) = self.by_addr.range(..end).next_back() {
+            let st = self.slots[slot as usize].as_ref().expect("live slot");
+            if base + st.nbytes > ptr {
+                return unknown(format!(
+                    "alloc of {ptr:#x} ({nbytes} bytes) overlaps the live storage at {base:#x} \
+                     ({} bytes): free it first",
+                    st.nbytes
+                ));
+            }
+        }
+        self.processed += 1;
+        let s = self.stream(stream);
+        self.check_reuse(ptr, end, s, site);
+        let storage = Storage {
+            base: ptr,
+            nbytes,
+            alloc_stream: s,
+            alloc_site: site,
+            recorded: SmallVec::new(),
+            uses: SmallVec::new(),
+            shadow: Shadow::new(nbytes),
+        };
+        let slot = match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(storage);
+                i
+            }
+            None => {
+                self.slots.push(Some(storage));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_base.insert(ptr, slot);
+        self.by_addr.insert(ptr, slot);
+        Ok(())
+    }
+
+    /// `reuse-race`: the new allocation `[ptr, end)` on stream `s` over freed bytes.
+    fn check_reuse(&mut self, ptr: u64, end: u64, s: u32, site: SiteId) {
+        let mut hit: SmallVec<[u64; 2]> = SmallVec::new();
+        for (&base, tomb) in self.tombs.range(..end).rev() {
+            if tomb.end <= ptr {
+                break;
+            }
+            hit.push(base);
+        }
+        for base in hit.into_iter().rev() {
+            let tomb = self.tombs.remove(&base).expect("tomb");
+            for u in &tomb.uses {
+                if self.host.covers(u.stream, u.pos)
+                    || self.streams[s as usize].clock.covers(u.stream, u.pos)
+                {
+                    continue;
+                }
+                let mut h = Hazard::new(Kind::ReuseRace, base, tomb.nbytes);
+                h.alloc_stream = Some(tomb.alloc_stream);
+                h.alloc_site = tomb.alloc_site;
+                h.use_stream = Some(u.stream);
+                h.use_site = u.site;
+                h.free_site = tomb.free_site;
+                h.other_stream = Some(s);
+                h.other_site = site;
+                h.other_ptr = Some(ptr);
+                h.other_nbytes = Some(end - ptr);
+                h.live = self.live(u.stream, u.pos);
+                self.report(h);
+            }
+        }
+    }
+
+    pub fn access(
+        &mut self,
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+        write: bool,
+        site: SiteId,
+    ) -> Result<()> {
+        let end = Self::check_size(nbytes, ptr)?;
+        let Some(slot) = self.find(ptr) else {
+            return unknown(format!(
+                "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
+            ));
+        };
+        let (base, len) = {
+            let st = self.slots[slot as usize].as_ref().expect("live slot");
+            (st.base, st.nbytes)
+        };
+        if end > base + len {
+            return unknown(format!(
+                "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
+                 {base:#x} ({len} bytes)"
+            ));
+        }
+        self.processed += 1;
+        let s = self.stream(stream);
+        let pos = self.enqueue(s);
+        let cur = Access {
+            stream: s,
+            pos,
+            site,
+        };
+        let mut conflicts = std::mem::take(&mut self.scratch);
+        conflicts.clear();
+        {
+            let (slots, streams, host) = (&mut self.slots, &self.streams, &self.host);
+            let st = slots[slot as usize].as_mut().expect("live slot");
+            let clock = &streams[s as usize].clock;
+            st.shadow.access(
+                ptr - base,
+                end - base,
+                cur,
+                write,
+                |u, p| clock.covers(u, p) || host.covers(u, p),
+                &mut conflicts,
+            );
+            if s != st.alloc_stream {
+                match st.uses.iter_mut().find(|u| u.stream == s) {
+                    Some(u) => {
+                        u.pos = pos;
+                        u.site = site;
+                    }
+                    None => st.uses.push(Use {
+                        stream: s,
+                        pos,
+                        site,
+                    }),
+                }
+            }
+        }
+        if !conflicts.is_empty() {
+            let st = self.slots[slot as usize].as_ref().expect("live slot");
+            let (alloc_stream, alloc_site) = (st.alloc_stream, st.alloc_site);
+            for prior in &conflicts {
+                let mut h = Hazard::new(Kind::UnsyncedAccess, base, len);
+                h.alloc_stream = Some(alloc_stream);
+                h.alloc_site = alloc_site;
+                h.use_stream = Some(s);
+                h.use_site = site;
+                h.other_stream = Some(prior.stream);
+                h.other_site = prior.site;
+                h.live = self.live(prior.stream, prior.pos);
+                self.report(h);
+            }
+        }
+        self.scratch = conflicts;
+        Ok(())
+    }
+
+    pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {
+        let Some(slot) = self.find(ptr) else {
+            return unknown(format!(
+                "record_stream on {ptr:#x}, which is inside no live storage"
+            ));
+        };
+        self.processed += 1;
+        let s = self.stream(stream);
+        let st = self.slots[slot as usize].as_mut().expect("live slot");
+        let redundant = s == st.alloc_stream || st.recorded.iter().any(|&(r, _)| r == s);
+        if !redundant {
+            st.recorded.push((s, site));
+            return Ok(());
+        }
+        let mut h = Hazard::new(Kind::RedundantRecordStream, st.base, st.nbytes);
+        h.alloc_stream = Some(st.alloc_stream);
+        h.alloc_site = st.alloc_site;
+        h.use_stream = Some(s);
+        h.use_site = site;
+        self.report(h);
+        Ok(())
+    }
+
+    pub fn free(&mut self, ptr: u64, site: SiteId) -> Result<()> {
+        let Some(&slot) = self.by_base.get(&ptr) else {
+            return match self.find(ptr) {
+                Some(slot) => {
+                    let st = self.slots[slot as usize].as_ref().expect("live slot");
+                    unknown(format!(
+                        "free of {ptr:#x}, an interior pointer of the storage at {:#x}: \
+                         free takes the base pointer",
+                        st.base
+                    ))
+                }
+                None => unknown(format!("free of {ptr:#x}, which is no live storage")),
+            };
+        };
+        self.processed += 1;
+        let st = self.slots[slot as usize].take().expect("live slot");
+        self.free_slots.push(slot);
+        self.by_base.remove(&ptr);
+        self.by_addr.remove(&ptr);
+        let a = st.alloc_stream;
+        let covered = |e: &Engine, u: &Use| {
+            e.host.covers(u.stream, u.pos) || e.streams[a as usize].clock.covers(u.stream, u.pos)
+        };
+        let mut uncovered: SmallVec<[Use; 2]> = SmallVec::new();
+        for u in &st.uses {
+            if st.recorded.iter().any(|&(r, _)| r == u.stream) || covered(self, u) {
+                continue;
+            }
+            uncovered.push(*u);
+            let mut h = Hazard::new(Kind::UnsyncedFree, st.base, st.nbytes);
+            h.alloc_stream = Some(a);
+            h.alloc_site = st.alloc_site;
+            h.use_stream = Some(u.stream);
+            h.use_site = u.site;
+            h.free_site = site;
+            h.live = self.live(u.stream, u.pos);
+            self.report(h);
+        }
+        for &(r, rsite) in &st.recorded {
+            let needed = st
+                .uses
+                .iter()
+                .find(|u| u.stream == r)
+                .is_some_and(|u| !covered(self, u));
+            if needed {
+                continue;
+            }
+            let mut h = Hazard::new(Kind::RedundantRecordStream, st.base, st.nbytes);
+            h.alloc_stream = Some(a);
+            h.alloc_site = st.alloc_site;
+            h.use_stream = Some(r);
+            h.use_site = rsite;
+            h.free_site = site;
+            self.report(h);
+        }
+        if !uncovered.is_empty() {
+            self.tombs.insert(
+                st.base,
+                Tomb {
+                    end: st.base + st.nbytes,
+                    nbytes: st.nbytes,
+                    alloc_stream: a,
+                    alloc_site: st.alloc_site,
+                    free_site: site,
+                    uses: uncovered,
+                },
+            );
+            self.bound_tombs();
+        }
+        Ok(())
+    }
+
+    /// Forgets freed ranges whose uses the host has seen complete; caps the rest.
+    fn bound_tombs(&mut self) {
+        if self.tombs.len() < self.tomb_prune_at {
+            return;
+        }
+        let host = &self.host;
+        self.tombs
+            .retain(|_, t| t.uses.iter().any(|u| !host.covers(u.stream, u.pos)));
+        while self.tombs.len() > MAX_TOMBS {
+            self.tombs.pop_first();
+            self.tombs_dropped += 1;
+        }
+        self.tomb_prune_at = (self.tombs.len() * 2).max(1024);
+    }
+
+    // ----- host memory ---------------------------------------------------------------
+
+    fn copy(
+        &mut self,
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+        site: SiteId,
+        to_host: bool,
+    ) -> Result<()> {
+        let end = Self::check_size(nbytes, ptr)?;
+        self.processed += 1;
+        let s = self.stream(stream);
+        let pos = self.enqueue(s);
+        self.copies.push(HostCopy {
+            start: ptr,
+            end,
+            stream: s,
+            pos,
+            site,
+            to_host,
+        });
+        if self.copies.len() >= self.copies_prune_at {
+            let host = &self.host;
+            self.copies.retain(|c| !host.covers(c.stream, c.pos));
+            self.copies_prune_at = (self.copies.len() * 2).max(64);
+        }
+        Ok(())
+    }
+
+    pub fn copy_to_host(
+        &mut self,
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+        site: SiteId,
+    ) -> Result<()> {
+        self.copy(ptr, nbytes, stream, site, true)
+    }
+
+    pub fn copy_from_host(
+        &mut self,
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+        site: SiteId,
+    ) -> Result<()> {
+        self.copy(ptr, nbytes, stream, site, false)
+    }
+
+    pub fn host_access(&mut self, ptr: u64, nbytes: u64, write: bool, site: SiteId) -> Result<()> {
+        let end = Self::check_size(nbytes, ptr)?;
+        self.processed += 1;
+        let host = &self.host;
+        self.copies.retain(|c| !host.covers(c.stream, c.pos));
+        let hits: SmallVec<[HostCopy; 2]> = self
+            .copies
+            .iter()
+            .filter(|c| c.start < end && ptr < c.end && c.to_host != write)
+            .copied()
+            .collect();
+        for c in hits {
+            let kind = if write {
+                Kind::HostWriteDuringCopy
+            } else {
+                Kind::HostReadBeforeCopy
+            };
+            let mut h = Hazard::new(kind, c.start, c.end - c.start);
+            h.use_stream = Some(c.stream);
+            h.use_site = c.site;
+            h.other_site = site;
+            h.live = self.live(c.stream, c.pos);
+            self.report(h);
+        }
+        Ok(())
+    }
+
+    pub fn host_release(&mut self, ptr: u64, nbytes: u64) -> Result<()> {
+        let end = Self::check_size(nbytes, ptr)?;
+        self.processed += 1;
+        self.copies.retain(|c| !(c.start < end && ptr < c.end));
+        Ok(())
+    }
+
+    // ----- bulk path -----------------------------------------------------------------
+
+    pub fn apply(&mut self, op: Op) -> Result<()> {
+        match op {
+            Op::Alloc {
+                ptr,
+                nbytes,
+                stream,
+            } => self.alloc(ptr, nbytes, stream, NO_SITE),
+            Op::Access {
+                ptr,
+                nbytes,
+                stream,
+                write,
+            } => self.access(ptr, nbytes, stream, write, NO_SITE),
+            Op::Free { ptr } => self.free(ptr, NO_SITE),
+            Op::RecordStream { ptr, stream } => self.record_stream(ptr, stream, NO_SITE),
+            Op::EventRecord { event, stream } => {
+                self.event_record(event, stream);
+                Ok(())
+            }
+            Op::EventWait { event, stream } => {
+                self.event_wait(event, stream);
+                Ok(())
+            }
+            Op::StreamWait { waiter, waited } => {
+                self.stream_wait(waiter, waited);
+                Ok(())
+            }
+            Op::StreamSync { stream } => {
+                self.stream_synchronize(stream);
+                Ok(())
+            }
+            Op::EventSync { event } => {
+                self.event_synchronize(event);
+                Ok(())
+            }
+            Op::DeviceSync => {
+                self.device_synchronize();
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies bulk rows in order; on a bad row returns its index and the error, with
+    /// every row before it applied and the bad row not.
+    pub fn apply_rows(
+        &mut self,
+        rows: impl Iterator<Item = [i64; 4]>,
+    ) -> std::result::Result<usize, (usize, EngineError)> {
+        let mut n = 0;
+        for row in rows {
+            let op = Op::decode(row).map_err(|e| (n, e))?;
+            self.apply(op).map_err(|e| (n, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    // ----- hazards -------------------------------------------------------------------
+
+    fn report(&mut self, h: Hazard) {
+        let key = h.dedup_key();
+        if let Some(&i) = self.hazard_ix.get(&key) {
+            let prev = &mut self.hazards[i];
+            prev.count += 1;
+            if h.live == Some(true) {
+                prev.live = Some(true);
+            }
+            return;
+        }
+        if h.kind.is_error() {
+            self.errors += 1;
+        }
+        self.hazard_ix.insert(key, self.hazards.len());
+        self.hazards.push(h);
+    }
+
+    pub fn hazards(&self) -> &[Hazard] {
+        &self.hazards
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors
+    }
+
+    /// A readable sentence naming everything in the hazard.
+    pub fn message(&self, h: &Hazard) -> String {
+        let site = |id: SiteId| self.site(id).unwrap_or("<unknown site>").to_owned();
+        let stream = |s: Option<u32>| s.map_or("<none>".to_owned(), |s| self.stream_label(s));
+        let storage = format!("storage {:#x} ({} bytes)", h.ptr, h.nbytes);
+        let alloc = format!(
+            "allocated on {} at {}",
+            stream(h.alloc_stream),
+            site(h.alloc_site)
+        );
+        let live = match h.live {
+            Some(true) => " The use was still in flight (live).",
+            _ => "",
+        };
+        let repeats = if h.count > 1 {
+            format!(" Seen {} times.", h.count)
+        } else {
+            String::new()
+        };
+        let body = match h.kind {
+            Kind::UnsyncedFree => format!(
+                "{storage}, {alloc}, was freed at {} while its use on {} at {} was not ordered \
+                 before the allocation stream's future work: no record_stream({}), no wait of \
+                 {} on it, and no host synchronization.",
+                site(h.free_site),
+                stream(h.use_stream),
+                site(h.use_site),
+                stream(h.use_stream),
+                stream(h.alloc_stream),
+            ),
+            Kind::ReuseRace => format!(
+                "{storage}, {alloc}, freed at {} with an uncovered use on {} at {}, was \
+                 reallocated at {} on {} as {:#x} ({} bytes) before that use was known \
+                 complete: the new owner can overwrite bytes the use still reads.",
+                site(h.free_site),
+                stream(h.use_stream),
+                site(h.use_site),
+                site(h.other_site),
+                stream(h.other_stream),
+                h.other_ptr.unwrap_or(0),
+                h.other_nbytes.unwrap_or(0),
+            ),
+            Kind::UnsyncedAccess => format!(
+                "{storage}, {alloc}, is accessed on {} at {} and on {} at {} with neither \
+                 ordered before the other, and at least one of them writes.",
+                stream(h.use_stream),
+                site(h.use_site),
+                stream(h.other_stream),
+                site(h.other_site),
+            ),
+            Kind::HostReadBeforeCopy => format!(
+                "host memory {:#x} ({} bytes) was read at {} before the non-blocking \
+                 device-to-host copy into it on {} at {} was known complete.",
+                h.ptr,
+                h.nbytes,
+                site(h.other_site),
+                stream(h.use_stream),
+                site(h.use_site),
+            ),
+            Kind::HostWriteDuringCopy => format!(
+                "pinned host memory {:#x} ({} bytes) was written at {} before the \
+                 non-blocking host-to-device copy from it on {} at {} was known complete.",
+                h.ptr,
+                h.nbytes,
+                site(h.other_site),
+                stream(h.use_stream),
+                site(h.use_site),
+            ),
+            Kind::RedundantRecordStream => {
+                let why = if h.free_site == NO_SITE {
+                    if h.use_stream == h.alloc_stream {
+                        "it is the allocation stream, where frees are already stream-ordered"
+                            .to_owned()
+                    } else {
+                        "that stream was already recorded".to_owned()
+                    }
+                } else {
+                    format!(
+                        "by the free at {} every use on that stream was already covered by a \
+                         wait or a synchronization (the record only delayed reuse)",
+                        site(h.free_site)
+                    )
+                };
+                format!(
+                    "record_stream({}) at {} on {storage}, {alloc}, is redundant: {why}.",
+                    stream(h.use_stream),
+                    site(h.use_site),
+                )
+            }
+        };
+        format!(
+            "{} ({}): {body}{live}{repeats}",
+            h.kind.name(),
+            h.kind.severity()
+        )
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            live_storages: self.by_base.len(),
+            freed_tracked: self.tombs.len(),
+            freed_dropped: self.tombs_dropped,
+            pending_host_copies: self.copies.len(),
+            streams: self.streams.len(),
+            events: self.events.len(),
+            sites: self.sites.len(),
+            hazards: self.hazards.len(),
+            events_processed: self.processed,
+        }
+    }
+}

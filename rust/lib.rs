@@ -1,0 +1,19 @@
+//! esper-lifetimes: a happens-before engine for CUDA stream lifetime hazards.
+//!
+//! The engine (everything but `bindings`) is pure Rust with no Python types in it: it
+//! keeps vector clocks of streams, events and the host, an interval map of live
+//! storages, per-byte-range shadow state for race detection, and the hazards found.
+//! `bindings` (feature `python`) is the one thin PyO3 layer over it.
+
+pub mod clock;
+pub mod engine;
+pub mod hashing;
+pub mod hazard;
+pub mod shadow;
+pub mod sites;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use engine::{Engine, EngineError, Op, Stats};
+pub use hazard::{Hazard, Kind};
