@@ -17,3 +17,6 @@ mod bindings;
 
 pub use engine::{Engine, EngineError, Op, Stats};
 pub use hazard::{Hazard, Kind};
+
+#[cfg(test)]
+mod tests;
