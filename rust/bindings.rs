@@ -12,7 +12,8 @@ use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use smallvec::SmallVec;
 
 create_exception!(
     _core,
@@ -87,6 +88,35 @@ fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
         "{what} must be an int in the 64-bit range (a stream or event handle), got {}",
         describe(obj)
     )))
+}
+
+type Ranges = SmallVec<[(u64, u64); 8]>;
+
+/// A flat sequence `[ptr0, nbytes0, ptr1, nbytes1, ...]` (tuple or list) as ranges.
+fn ranges_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ranges> {
+    let mut out = Ranges::new();
+    let mut push_pairs = |items: &mut dyn Iterator<Item = Bound<'_, PyAny>>, n: usize| {
+        if !n.is_multiple_of(2) {
+            return Err(InvalidArgumentError::new_err(format!(
+                "{what} must hold (ptr, nbytes) pairs flattened, got {n} items"
+            )));
+        }
+        while let (Some(p), Some(n)) = (items.next(), items.next()) {
+            out.push((ptr_arg(&p, "ptr")?, size_arg(&n)?));
+        }
+        Ok(())
+    };
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        push_pairs(&mut t.iter(), t.len())?;
+    } else if let Ok(l) = obj.cast::<PyList>() {
+        push_pairs(&mut l.iter(), l.len())?;
+    } else {
+        return Err(InvalidArgumentError::new_err(format!(
+            "{what} must be a tuple or list of ints, got {}",
+            describe(obj)
+        )));
+    }
+    Ok(out)
 }
 
 /// The engine, shared by every thread that holds it: all state sits behind one lock.
@@ -172,6 +202,36 @@ impl Engine {
             handle_arg(stream, "stream")?,
         );
         self.with_site(site, |c, id| c.access(p, n, s, write, id))
+    }
+
+    /// One kernel launch on `stream`: `reads` and `writes` are flat sequences
+    /// `[ptr0, nbytes0, ptr1, nbytes1, ...]`; the same as `access` for each read, then
+    /// each write, in one call. A bad range leaves the engine unchanged.
+    #[pyo3(signature = (stream, reads, writes, site=None))]
+    fn launch(
+        &self,
+        stream: &Bound<'_, PyAny>,
+        reads: &Bound<'_, PyAny>,
+        writes: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let s = handle_arg(stream, "stream")?;
+        let (r, w) = (ranges_arg(reads, "reads")?, ranges_arg(writes, "writes")?);
+        self.with_site(site, |c, id| c.launch(s, &r, &w, id))
+    }
+
+    /// The floor of `launch` for benchmarks: the same argument checks, no engine work.
+    #[pyo3(signature = (stream, reads, writes, site=None))]
+    fn _noop_launch(
+        &self,
+        stream: &Bound<'_, PyAny>,
+        reads: &Bound<'_, PyAny>,
+        writes: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let _ = (handle_arg(stream, "stream")?, site);
+        let _ = (ranges_arg(reads, "reads")?, ranges_arg(writes, "writes")?);
+        Ok(())
     }
 
     /// `Tensor.record_stream(stream)` on the storage containing `ptr`.

@@ -218,6 +218,8 @@ const MAX_TOMBS: usize = 1 << 18;
 pub struct Engine {
     streams: Vec<Stream>,
     stream_ix: MixMap<Handle, u32>,
+    /// The last stream looked up: most calls in a row name the same stream.
+    last_stream: (Handle, u32),
     events: MixMap<Handle, Event>,
     host: Clock,
     slots: Vec<Option<Storage>>,
@@ -248,6 +250,7 @@ impl Engine {
         Engine {
             streams: Vec::new(),
             stream_ix: MixMap::default(),
+            last_stream: (Handle::MIN, 0),
             events: MixMap::default(),
             host: Clock::default(),
             slots: Vec::new(),
@@ -299,7 +302,11 @@ impl Engine {
     /// The dense index of a stream, creating it (from the host's clock) on first use.
     #[inline]
     fn stream(&mut self, handle: Handle) -> u32 {
+        if self.last_stream.0 == handle {
+            return self.last_stream.1;
+        }
         if let Some(&ix) = self.stream_ix.get(&handle) {
+            self.last_stream = (handle, ix);
             return ix;
         }
         let ix = self.streams.len() as u32;
@@ -545,22 +552,7 @@ impl Engine {
         write: bool,
         site: SiteId,
     ) -> Result<()> {
-        let end = Self::check_size(nbytes, ptr)?;
-        let Some(slot) = self.find(ptr) else {
-            return unknown(format!(
-                "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
-            ));
-        };
-        let (base, len) = {
-            let st = self.slots[slot as usize].as_ref().expect("live slot");
-            (st.base, st.nbytes)
-        };
-        if end > base + len {
-            return unknown(format!(
-                "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
-                 {base:#x} ({len} bytes)"
-            ));
-        }
+        let (slot, base, len, end) = self.check_access(ptr, nbytes)?;
         self.processed += 1;
         let s = self.stream(stream);
         let pos = self.enqueue(s);
@@ -614,6 +606,48 @@ impl Engine {
         }
         self.scratch = conflicts;
         Ok(())
+    }
+
+    /// One kernel launch on `stream`: reads then writes of `(ptr, nbytes)` ranges, each
+    /// exactly as `access` would apply it, in that order. Every range is checked first,
+    /// so a bad one leaves the engine unchanged.
+    pub fn launch(
+        &mut self,
+        stream: Handle,
+        reads: &[(u64, u64)],
+        writes: &[(u64, u64)],
+        site: SiteId,
+    ) -> Result<()> {
+        for &(ptr, nbytes) in reads.iter().chain(writes) {
+            self.check_access(ptr, nbytes)?;
+        }
+        for &(ptr, nbytes) in reads {
+            self.access(ptr, nbytes, stream, false, site)?;
+        }
+        for &(ptr, nbytes) in writes {
+            self.access(ptr, nbytes, stream, true, site)?;
+        }
+        Ok(())
+    }
+
+    /// The slot and storage range of a valid access, or the error `access` would give.
+    #[inline]
+    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u32, u64, u64, u64)> {
+        let end = Self::check_size(nbytes, ptr)?;
+        let Some(slot) = self.find(ptr) else {
+            return unknown(format!(
+                "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
+            ));
+        };
+        let st = self.slots[slot as usize].as_ref().expect("live slot");
+        let (base, len) = (st.base, st.nbytes);
+        if end > base + len {
+            return unknown(format!(
+                "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
+                 {base:#x} ({len} bytes)"
+            ));
+        }
+        Ok((slot, base, len, end))
     }
 
     pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {

@@ -89,6 +89,9 @@ impl Shadow {
         ordered: impl Fn(u32, u64) -> bool,
         conflicts: &mut Conflicts,
     ) {
+        if self.segs.len() == 1 && a == 0 && b == self.segs[0].end {
+            return self.access_whole(cur, write, ordered, conflicts);
+        }
         let i = self.split_at(a);
         let j = self.split_at(b);
         let mut push = |acc: &Access| {
@@ -125,6 +128,37 @@ impl Shadow {
                 }
             }
             self.coalesce(i.saturating_sub(1), j + 1);
+        }
+    }
+
+    /// The common case: one segment, and the access covers all of it.
+    #[inline]
+    fn access_whole(
+        &mut self,
+        cur: Access,
+        write: bool,
+        ordered: impl Fn(u32, u64) -> bool,
+        conflicts: &mut Conflicts,
+    ) {
+        let st = &mut self.segs[0].state;
+        if let Some(w) = &st.write {
+            if w.stream != cur.stream && !ordered(w.stream, w.pos) {
+                conflicts.push(*w);
+            }
+        }
+        if write {
+            for r in &st.reads {
+                if r.stream != cur.stream && !ordered(r.stream, r.pos) {
+                    conflicts.push(*r);
+                }
+            }
+            st.write = Some(cur);
+            st.reads.clear();
+        } else {
+            match st.reads.iter_mut().find(|r| r.stream == cur.stream) {
+                Some(r) => *r = cur,
+                None => st.reads.push(cur),
+            }
         }
     }
 

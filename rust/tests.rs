@@ -251,3 +251,36 @@ fn many_freed_ranges_stay_bounded_once_synced() {
     e.free(1, 0).unwrap();
     assert!(e.stats().freed_tracked <= 2048, "{:?}", e.stats());
 }
+
+#[test]
+#[ignore]
+fn timing_million_live() {
+    for &n in &[1000u64, 1_000_000] {
+        let mut e = Engine::new();
+        for i in 0..n {
+            e.alloc(0x1000_0000 + i * 8192, 4096, (1 + (i & 3)) as i128, 0)
+                .unwrap();
+        }
+        let mut x: u64 = 12345;
+        let t = std::time::Instant::now();
+        let m = 2_000_000u64;
+        for _ in 0..m {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = x % n;
+            e.access(
+                0x1000_0000 + i * 8192,
+                4096,
+                (1 + (x >> 40) % 4) as i128,
+                false,
+                0,
+            )
+            .unwrap();
+        }
+        eprintln!(
+            "n={n}: {:.1} ns/access",
+            t.elapsed().as_nanos() as f64 / m as f64
+        );
+    }
+}
