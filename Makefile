@@ -17,6 +17,9 @@ setup: $(VPY)
 	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin" 2>/dev/null \
 	  || $(VPY) -m pip install -q $(DEPS)
 	@command -v ruff >/dev/null || $(VPY) -m pip install -q ruff
+	@# The HTML report test opens the report in a real headless browser.
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-liberation; }
 
 build: setup
 	$(VPY) -m maturin develop --release -q

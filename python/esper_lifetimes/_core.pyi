@@ -1,5 +1,6 @@
 """Type stubs of the compiled engine (rust/bindings.rs). See docs/ENGINE-API.md."""
 
+from collections.abc import Sequence
 from typing import Any
 
 Site = str | int | None
@@ -35,6 +36,12 @@ class Engine:
     def alloc(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
     def access(
         self, ptr: int, nbytes: int, stream: int, write: bool = False, site: Site = None
+    ) -> None: ...
+    def launch(
+        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: Site = None
+    ) -> None: ...
+    def _noop_launch(
+        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: Site = None
     ) -> None: ...
     def record_stream(self, ptr: int, stream: int, site: Site = None) -> None: ...
     def free(self, ptr: int, site: Site = None) -> None: ...
