@@ -339,6 +339,90 @@ def drive_from_c(calls: list[tuple]) -> float:
     return time.perf_counter() - t0
 
 
+LAUNCH = -1  # a row code of launch_rows: (LAUNCH, stream, reads, writes)
+
+
+def launch_rows(trace: SyntheticTrace) -> list[tuple]:
+    """The trace as one row per kernel launch (as the sanitizer receives it), built untimed.
+
+    A launch's accesses become ``(LAUNCH, stream, reads, writes)`` with flat
+    ``(ptr, nbytes, ...)`` tuples; other rows stay as they are.
+    """
+    rows = trace.work.tolist()
+    launch = trace.launch.tolist()
+    out: list[tuple] = []
+    i, n = 0, len(rows)
+    while i < n:
+        lid = launch[i]
+        if lid < 0:
+            out.append(tuple(rows[i]))
+            i += 1
+            continue
+        stream = rows[i][3]
+        reads: list[int] = []
+        writes: list[int] = []
+        while i < n and launch[i] == lid:
+            op, a, b, _ = rows[i]
+            (writes if op == WRITE else reads).extend((a, b))
+            i += 1
+        out.append((LAUNCH, stream, tuple(reads), tuple(writes)))
+    return out
+
+
+def drive_launches(rows: list, e: Any, floor: bool) -> float:
+    """(a-l): one engine call per launch (``e.launch``) or other event; with ``floor``,
+    (d-l): the same loop calling ``e._noop_launch`` and ``e._noop`` instead."""
+    if floor:
+        noop = e._noop
+        launch = e._noop_launch
+        alloc = access = noop
+        free = record_stream = event_record = event_wait = stream_wait = stream_sync = (
+            event_sync
+        ) = lambda *a: noop(a[0] if a else 0, 1, 0)
+        device_sync = free
+    else:
+        launch, alloc, access, free, record_stream = (
+            e.launch,
+            e.alloc,
+            e.access,
+            e.free,
+            e.record_stream,
+        )
+        event_record, event_wait, stream_wait = e.event_record, e.event_wait, e.stream_wait
+        stream_sync, event_sync, device_sync = (
+            e.stream_synchronize,
+            e.event_synchronize,
+            e.device_synchronize,
+        )
+    t0 = time.perf_counter()
+    for op, a, b, c in rows:
+        if op == LAUNCH:
+            launch(a, b, c)
+        elif op == 0:
+            alloc(a, b, c)
+        elif op == 1:
+            access(a, b, c)
+        elif op == 2:
+            access(a, b, c, True)
+        elif op == 3:
+            free(a)
+        elif op == 5:
+            event_record(a, b)
+        elif op == 6:
+            event_wait(a, b)
+        elif op == 4:
+            record_stream(a, b)
+        elif op == 7:
+            stream_wait(a, b)
+        elif op == 8:
+            stream_sync(a)
+        elif op == 9:
+            event_sync(a)
+        else:
+            device_sync()
+    return time.perf_counter() - t0
+
+
 def drive_bulk(work: np.ndarray, e: Any) -> float:
     """(b): the whole trace in one engine.replay call."""
     t0 = time.perf_counter()
@@ -549,6 +633,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    def launches(key: str, trace: SyntheticTrace, floor: bool) -> Callable[[], float]:
+        def run() -> float:
+            e = Engine() if floor else fresh_engine(trace)
+            prepared = launch_rows(trace)
+            seconds = timed(lambda: drive_launches(prepared, e, floor))
+            if not floor:
+                engine_verdict(key, e)
+            return seconds
+
+        return run
+
     def bulk(key: str, trace: SyntheticTrace) -> Callable[[], float]:
         def run() -> float:
             e = fresh_engine(trace)
@@ -586,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     variants["a_c"] = Variant(
         "(a*) engine calls driven from C (starmap)", calls_from_c("a_c", small, False), n_small
     )
+    variants["a_l"] = Variant(
+        "(a-l) engine, one call per launch", launches("a_l", small, False), n_small
+    )
+    variants["a_l_large"] = Variant(
+        f"(a-l) same, {big}", launches("a_l_large", large, False), n_large
+    )
     variants["b"] = Variant("(b)  engine.replay(array), bulk", bulk("b", small), n_small)
     variants["b_large"] = Variant(f"(b)  same, {big}", bulk("b_large", large), n_large)
     if sanitizer is not None:
@@ -597,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if noop_name:
         variants["d"] = Variant("(d)  floor: no-op PyO3 call", floor, n_small)
+        variants["d_l"] = Variant(
+            "(d-l) floor: no-op launch call", launches("d_l", small, True), n_small
+        )
         variants["d_c"] = Variant(
             "(d*) floor driven from C (starmap)", calls_from_c("d_c", small, True), n_small
         )
@@ -623,10 +727,13 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict[str, float] = {}
     print("\nratios")
     if "c_fast" in med:
-        ratios["calls_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a"]
+        ratios["launch_calls_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a_l"]
         print(
-            f"ratio (a) vs fastest torch sanitizer (c'): {r:.1f}x   [target >= 20x: {target(r >= 20)}]"
+            f"ratio (a-l) one call per launch, as the sanitizer is called, vs fastest torch "
+            f"sanitizer (c'): {r:.1f}x   [target >= 20x: {target(r >= 20)}]"
         )
+        ratios["calls_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a"]
+        print(f"      (a) one call per access vs (c'): {r:.1f}x")
         ratios["calls_from_c_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a_c"]
         print(f"      (a*) vs (c'): {r:.1f}x")
         ratios["calls_vs_sanitizer_shipped"] = r = ns["c"] / ns["a"]
@@ -638,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"ratio (a) vs floor (d): {r:.2f}x the no-op call's cost   [target <= 2x: {target(r <= 2)}]"
         )
+        ratios["launch_calls_vs_floor"] = r = ns["a_l"] / ns["d_l"]
+        print(f"      (a-l) vs its floor (d-l): {r:.2f}x   [target <= 2x: {target(r <= 2)}]")
         ratios["calls_from_c_vs_floor_from_c"] = r = ns["a_c"] / ns["d_c"]
         print(
             f"      (a*) vs (d*): {r:.2f}x; engine work above the floor: {ns['a'] - ns['d']:.0f} ns/event"
@@ -653,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio (a) per-event cost, {args.live_large:,} vs {args.live:,} live storages: {r:.2f}x   "
         f"[target <= 2x: {target(r <= 2)}]"
     )
+    ratios["launch_calls_large_vs_small_live"] = r = ns["a_l_large"] / ns["a_l"]
+    print(f"      (a-l) one call per launch: {r:.2f}x")
     ratios["calls_large_hot_vs_small_live"] = r = ns["a_hot"] / ns["a"]
     ratios["bulk_large_vs_small_live"] = r2 = ns["b_large"] / ns["b"]
     print(f"      with a hot working set of {args.live:,}: {r:.2f}x; bulk path (b): {r2:.2f}x")
