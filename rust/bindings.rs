@@ -90,6 +90,26 @@ fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
     )))
 }
 
+#[inline]
+fn flag_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<bool> {
+    match obj {
+        None => Ok(false),
+        Some(o) => o.extract::<bool>().map_err(|_| {
+            InvalidArgumentError::new_err(format!("{what} must be a bool, got {}", describe(o)))
+        }),
+    }
+}
+
+fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    match obj.cast::<PyString>() {
+        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Err(_) => Err(InvalidArgumentError::new_err(format!(
+            "{what} must be a str, got {}",
+            describe(obj)
+        ))),
+    }
+}
+
 type Ranges = SmallVec<[(u64, u64); 8]>;
 
 /// A flat sequence `[ptr0, nbytes0, ptr1, nbytes1, ...]` (tuple or list) as ranges.
@@ -187,13 +207,13 @@ impl Engine {
     }
 
     /// Work on `stream` reads (or writes) `[ptr, ptr+nbytes)` inside one live storage.
-    #[pyo3(signature = (ptr, nbytes, stream, write=false, site=None))]
+    #[pyo3(signature = (ptr, nbytes, stream, write=None, site=None))]
     fn access(
         &self,
         ptr: &Bound<'_, PyAny>,
         nbytes: &Bound<'_, PyAny>,
         stream: &Bound<'_, PyAny>,
-        write: bool,
+        write: Option<&Bound<'_, PyAny>>,
         site: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (p, n, s) = (
@@ -201,6 +221,7 @@ impl Engine {
             size_arg(nbytes)?,
             handle_arg(stream, "stream")?,
         );
+        let write = flag_arg(write, "write")?;
         self.with_site(site, |c, id| c.access(p, n, s, write, id))
     }
 
@@ -287,14 +308,16 @@ impl Engine {
         self.core.lock().device_synchronize();
     }
 
-    fn stream_query(&self, stream: &Bound<'_, PyAny>, complete: bool) -> PyResult<()> {
+    fn stream_query(&self, stream: &Bound<'_, PyAny>, complete: &Bound<'_, PyAny>) -> PyResult<()> {
         let s = handle_arg(stream, "stream")?;
+        let complete = flag_arg(Some(complete), "complete")?;
         self.core.lock().stream_query(s, complete);
         Ok(())
     }
 
-    fn event_query(&self, event: &Bound<'_, PyAny>, complete: bool) -> PyResult<()> {
+    fn event_query(&self, event: &Bound<'_, PyAny>, complete: &Bound<'_, PyAny>) -> PyResult<()> {
         let e = handle_arg(event, "event")?;
+        let complete = flag_arg(Some(complete), "complete")?;
         self.core.lock().event_query(e, complete);
         Ok(())
     }
@@ -308,15 +331,22 @@ impl Engine {
 
     /// Names a stream for reports; `virtual=True`: its work completes only when the host
     /// synchronizes it.
-    #[pyo3(signature = (stream, name=None, r#virtual=false))]
+    #[pyo3(signature = (stream, name=None, r#virtual=None))]
     fn define_stream(
         &self,
         stream: &Bound<'_, PyAny>,
-        name: Option<&str>,
-        r#virtual: bool,
+        name: Option<&Bound<'_, PyAny>>,
+        r#virtual: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let s = handle_arg(stream, "stream")?;
-        self.core.lock().define_stream(s, name, r#virtual);
+        let name = match name {
+            Some(n) if !n.is_none() => Some(str_arg(n, "name")?),
+            _ => None,
+        };
+        let is_virtual = flag_arg(r#virtual, "virtual")?;
+        self.core
+            .lock()
+            .define_stream(s, name.as_deref(), is_virtual);
         Ok(())
     }
 
@@ -355,15 +385,16 @@ impl Engine {
     }
 
     /// The host reads (or writes) host bytes.
-    #[pyo3(signature = (host_ptr, nbytes, write=false, site=None))]
+    #[pyo3(signature = (host_ptr, nbytes, write=None, site=None))]
     fn host_access(
         &self,
         host_ptr: &Bound<'_, PyAny>,
         nbytes: &Bound<'_, PyAny>,
-        write: bool,
+        write: Option<&Bound<'_, PyAny>>,
         site: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (p, n) = (ptr_arg(host_ptr, "host_ptr")?, size_arg(nbytes)?);
+        let write = flag_arg(write, "write")?;
         self.with_site(site, |c, id| c.host_access(p, n, write, id))
     }
 
@@ -374,8 +405,9 @@ impl Engine {
     }
 
     /// An int standing for `site` (cheaper than a str on hot paths).
-    fn intern(&self, site: &str) -> u32 {
-        self.core.lock().intern(site)
+    fn intern(&self, site: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let site = str_arg(site, "site")?;
+        Ok(self.core.lock().intern(&site))
     }
 
     /// `(base, nbytes, alloc_stream)` of the live storage containing `ptr`, or None.
@@ -385,14 +417,24 @@ impl Engine {
     }
 
     /// Distinct hazards in the order first found, from index `since`.
-    #[pyo3(signature = (since=0))]
-    fn hazards(&self, since: usize) -> Vec<Hazard> {
+    #[pyo3(signature = (since=None))]
+    fn hazards(&self, since: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Hazard>> {
+        let since = match since {
+            None => 0,
+            Some(o) => o.extract::<usize>().map_err(|_| {
+                InvalidArgumentError::new_err(format!(
+                    "since must be a non-negative int, got {}",
+                    describe(o)
+                ))
+            })?,
+        };
         let core = self.core.lock();
-        core.hazards()
+        Ok(core
+            .hazards()
             .iter()
             .skip(since)
             .map(|h| Hazard::from_core(&core, h))
-            .collect()
+            .collect())
     }
 
     fn hazard_count(&self) -> usize {
@@ -461,13 +503,13 @@ impl Engine {
     }
 
     /// The floor for benchmarks: same arguments and checks as `access`, no engine work.
-    #[pyo3(signature = (ptr, nbytes, stream, write=false, site=None))]
+    #[pyo3(signature = (ptr, nbytes, stream, write=None, site=None))]
     fn _noop(
         &self,
         ptr: &Bound<'_, PyAny>,
         nbytes: &Bound<'_, PyAny>,
         stream: &Bound<'_, PyAny>,
-        write: bool,
+        write: Option<&Bound<'_, PyAny>>,
         site: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let _ = (
@@ -475,7 +517,7 @@ impl Engine {
             size_arg(nbytes)?,
             handle_arg(stream, "stream")?,
         );
-        let _ = (write, site);
+        let _ = (flag_arg(write, "write")?, site);
         Ok(())
     }
 }
