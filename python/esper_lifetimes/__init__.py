@@ -1,24 +1,67 @@
 """esper-lifetimes: finds CUDA stream lifetime hazards in PyTorch programs at run time.
 
-The engine (`Engine`, `Hazard`) is the Rust happens-before core; see docs/ENGINE-API.md.
+The engine (`Engine`, `Hazard`) is the Rust happens-before core (docs/ENGINE-API.md); the
+torch side is `track()`, `@checked`, `virtual` streams and the always-on mode
+(`enable(mode="always-on")`), see README.md.
+
+Names are loaded on first use (PEP 562), so that ``import esper_lifetimes`` (and the
+pytest plugin, which lives in this package) imports neither torch nor the compiled
+engine until something asks for them. The environment variable ``ESPER_LIFETIMES``
+(``off``, ``full``, ``always-on``, with options) is read when the package is imported.
 """
 
-from esper_lifetimes import ops
-from esper_lifetimes._core import (
-    Engine,
-    Hazard,
-    InvalidArgumentError,
-    LifetimesError,
-    UnknownStorageError,
-)
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Engine",
-    "Hazard",
-    "InvalidArgumentError",
-    "LifetimesError",
-    "UnknownStorageError",
-    "ops",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    # the engine
+    "Engine": "esper_lifetimes._core",
+    "Hazard": "esper_lifetimes._core",
+    "LifetimesError": "esper_lifetimes._core",
+    "InvalidArgumentError": "esper_lifetimes._core",
+    "UnknownStorageError": "esper_lifetimes._core",
+    # the torch side
+    "LifetimeHazardError": "esper_lifetimes.tracking",
+    "LifetimeHazardWarning": "esper_lifetimes.tracking",
+    "Tracker": "esper_lifetimes.tracking",
+    "checked": "esper_lifetimes.tracking",
+    "checked_tracker": "esper_lifetimes.tracking",
+    "is_enabled": "esper_lifetimes.tracking",
+    "reset_checked": "esper_lifetimes.tracking",
+    "track": "esper_lifetimes.tracking",
+    # switching on and off, the always-on mode
+    "enable": "esper_lifetimes.modes",
+    "disable": "esper_lifetimes.modes",
+    "always_on": "esper_lifetimes.modes",
+    "AlwaysOnTracker": "esper_lifetimes.modes",
+}
+_SUBMODULES = ("ops", "virtual", "trace", "reports", "tracking", "modes", "patches")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"esper_lifetimes.{name}")
+    else:
+        raise AttributeError(f"module 'esper_lifetimes' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+_env = os.environ.get("ESPER_LIFETIMES", "").strip()
+if _env and _env.split(",", 1)[0].strip().lower() not in ("", "off", "0", "false", "no"):
+    importlib.import_module("esper_lifetimes.modes").enable_from_env(_env)

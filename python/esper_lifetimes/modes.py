@@ -1,0 +1,345 @@
+"""Switching tracking on for a whole run: ``enable(mode=...)``, ``disable()``, and the
+always-on mode that is cheap enough to leave on in production training.
+
+Design (docs/ARCHITECTURE.md, "Always-on"): full tracking intercepts every aten op, which
+a whole training run cannot pay. The always-on tracker keeps only the *rare* calls hooked
+all the time — ``record_stream``, stream and event waits, records, queries and
+synchronizations, blocking host reads — so the ordering model stays complete, and fully
+tracks sampled *windows* of ops. A window opens, with probability ``sample``, at a
+synchronization barrier (a device, stream or event synchronize, or a blocking host read:
+the points every training loop already has, at the end of a pass or a step) and closes
+at the next barrier, or after ``max_window_ops`` ops. Storages allocated inside a window
+stay watched after it closes (a weakref each), so a free anywhere later is checked.
+
+What it never does: add a device synchronization or device work, or raise into the
+training loop. Hazards go to the ``logging`` logger ``esper_lifetimes`` (errors at ERROR,
+advice at INFO), once per distinct hazard, and to an optional JSON Lines report file.
+
+Blind spots (by construction): ops outside windows are not seen; a storage first seen
+inside a window but allocated before it is not registered (its allocation stream is
+unknown, and guessing it would invent false errors), so hazards on such storages are
+missed; only the thread that called :func:`enable` is watched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from esper_lifetimes import patches, tracking
+from esper_lifetimes.tracking import Tracker, _Mode
+
+__all__ = ["AlwaysOnTracker", "enable", "disable", "always_on", "enable_from_env", "parse_env"]
+
+log = logging.getLogger("esper_lifetimes")
+
+DEFAULT_SAMPLE = 0.01
+DEFAULT_MAX_WINDOW_OPS = 20_000
+MODES = ("off", "full", "always-on")
+
+
+class _WindowMode(_Mode):
+    """The tracker's dispatch mode for one window, with an op budget: past it, ops pass
+    through untracked until the next barrier closes the window."""
+
+    def __init__(self, tracker: AlwaysOnTracker, budget: int) -> None:
+        super().__init__(tracker)
+        self.ops = 0
+        self.budget = budget
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops += 1
+        if self.ops > self.budget:
+            return func(*args, **(kwargs or {}))
+        return _Mode.__torch_dispatch__(self, func, types, args, kwargs)
+
+
+class AlwaysOnTracker(Tracker):
+    """The tracker of a whole run (``mode="always-on"`` samples windows, ``mode="full"``
+    tracks every op). Results as any :class:`Tracker`: :attr:`hazards`, :attr:`errors`,
+    :meth:`report`; plus :attr:`windows_opened`, :attr:`barriers`, :meth:`summary`."""
+
+    def __init__(
+        self,
+        mode: str = "always-on",
+        *,
+        sample: float = DEFAULT_SAMPLE,
+        seed: int | None = None,
+        report: str | None = None,
+        max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
+        cpu: str | None = None,
+    ) -> None:
+        super().__init__(on_hazard="collect", cpu=cpu)
+        if mode not in ("full", "always-on"):
+            raise ValueError(f"mode must be 'full' or 'always-on', not {mode!r}")
+        if not 0.0 <= sample <= 1.0:
+            raise ValueError(f"sample must be a probability in [0, 1], not {sample!r}")
+        if max_window_ops < 1:
+            raise ValueError(f"max_window_ops must be positive, not {max_window_ops!r}")
+        self.mode = mode
+        self.sample = 1.0 if mode == "full" else float(sample)
+        self.seed = seed
+        self.max_window_ops = max_window_ops
+        self.report_path = report
+        # Storages first seen inside a window, allocated before it: not registered.
+        self._adopt_unseen = mode == "full"
+        self._rng = random.Random(seed)
+        self._window: _WindowMode | None = None
+        self._thread = 0
+        self._logged = 0
+        self._report_file: Any = None
+        self._started_at = 0.0
+        self.windows_opened = 0
+        self.barriers = 0
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> AlwaysOnTracker:
+        if self._state != "new":
+            raise RuntimeError("an AlwaysOnTracker is started once")
+        if self.report_path:
+            self._report_file = open(self.report_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._start()
+        patches.install()
+        patches.push(self, None)
+        self._thread = threading.get_ident()
+        self._state = "active"
+        self._started_at = time.monotonic()
+        if self.mode == "full":
+            self._open_window()
+        return self
+
+    def stop(self) -> None:
+        if self._state != "active":
+            return
+        try:
+            self._close_window()
+            patches.pop(self)
+            patches.uninstall()
+        finally:
+            self._state = "closed"
+            self._safe_point()
+            self._write({"event": "summary", **self.summary()})
+            self._close()
+            if self._report_file is not None:
+                self._report_file.close()
+                self._report_file = None
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for logs and benchmarks."""
+        hs = self.hazards
+        eng = self.engine
+        return {
+            "mode": self.mode,
+            "sample": self.sample,
+            "barriers": self.barriers,
+            "windows_opened": self.windows_opened,
+            "errors": sum(1 for h in hs if h.severity == "error"),
+            "advice": sum(1 for h in hs if h.severity != "error"),
+            "engine": eng.stats() if eng is not None else {},
+            "internal_errors": len(self.diagnostics),
+        }
+
+    # -- windows --------------------------------------------------------------------------
+
+    def _open_window(self) -> None:
+        mode = _WindowMode(self, self.max_window_ops)
+        mode.__enter__()
+        self._window = mode
+        self.windows_opened += 1
+
+    def _close_window(self) -> None:
+        mode = self._window
+        if mode is None:
+            return
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+        if _get_current_dispatch_mode() is not mode:
+            return  # another mode was entered inside the window: close at a later barrier
+        self._window = None
+        mode.__exit__(None, None, None)
+
+    def _barrier(self) -> None:
+        """A synchronization point on the watched thread: the window boundary."""
+        if threading.get_ident() != self._thread or self._state != "active":
+            return
+        self.barriers += 1
+        if self.mode == "full":
+            return
+        try:
+            if self._window is not None:
+                self._close_window()
+            if self._window is None and self._rng.random() < self.sample:
+                self._open_window()
+        except Exception as exc:  # never into the training loop
+            self._note(exc, "window")
+
+    # Barriers: the synchronizations and blocking host reads the patches feed.
+    def on_device_sync(self) -> None:
+        super().on_device_sync()
+        self._barrier()
+
+    def on_stream_sync(self, stream: int) -> None:
+        super().on_stream_sync(stream)
+        self._barrier()
+
+    def on_event_sync(self, event: int) -> None:
+        super().on_event_sync(event)
+        self._barrier()
+
+    def on_host_read(self, t: Any, device_sync: bool = True) -> None:
+        super().on_host_read(t, device_sync)
+        self._barrier()
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _safe_point(self, exc: BaseException | None = None, final: bool = False) -> None:
+        """Logs each new distinct hazard once; never raises."""
+        eng = self._eng
+        if eng is None:
+            return
+        try:
+            if eng.hazard_count() == self._logged:
+                return
+            new = eng.hazards(self._logged)
+            self._logged += len(new)
+            self._seen = self._logged
+            self._errors_seen = eng.error_count()
+            for h in new:
+                level = logging.ERROR if h.severity == "error" else logging.INFO
+                log.log(level, "%s", h.message)
+                self._write({"event": "hazard", **h.to_dict()})
+        except Exception as exc:
+            self._note(exc, "report")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        f = self._report_file
+        if f is None:
+            return
+        try:
+            record["time"] = round(time.monotonic() - self._started_at, 6)
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        except Exception as exc:
+            self._note(exc, "report file")
+
+
+# ---------------------------------------------------------------------------------------
+# The switch
+
+_lock = threading.Lock()
+_run: AlwaysOnTracker | None = None
+
+
+def enable(
+    mode: str | None = None,
+    *,
+    sample: float = DEFAULT_SAMPLE,
+    seed: int | None = None,
+    report: str | None = None,
+    max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
+) -> AlwaysOnTracker | None:
+    """Switches tracking on.
+
+    ``enable()`` lets ``@checked`` and ``track()`` track again after :func:`disable`.
+    ``enable(mode="always-on", sample=0.01, seed=None, report=None)`` also starts the
+    always-on tracker on the calling thread for the rest of the run (or until
+    :func:`disable`); ``mode="full"`` tracks every op instead. Returns the run's tracker
+    (``None`` without a mode). Hazards are logged to the ``esper_lifetimes`` logger and,
+    with ``report=PATH``, appended to PATH as JSON Lines.
+    """
+    global _run
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "off":
+        disable()
+        return None
+    tracking._config.enabled = True
+    if mode is None:
+        return None
+    tr = AlwaysOnTracker(
+        mode, sample=sample, seed=seed, report=report, max_window_ops=max_window_ops
+    )
+    with _lock:
+        if _run is not None:
+            _run.stop()
+        tr.start()
+        _run = tr
+    return tr
+
+
+def disable() -> None:
+    """Switches tracking off: stops the run's tracker (if any); ``@checked`` calls the
+    function directly and ``track()`` records nothing until :func:`enable`."""
+    global _run
+    with _lock:
+        run, _run = _run, None
+    if run is not None:
+        run.stop()
+    tracking._config.enabled = False
+
+
+def always_on() -> AlwaysOnTracker | None:
+    """The run's tracker started by :func:`enable` (or ``ESPER_LIFETIMES``), or None."""
+    return _run
+
+
+@atexit.register
+def _at_exit() -> None:
+    run = _run
+    if run is not None:
+        try:
+            run.stop()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+_OPTIONS = {"sample": float, "seed": int, "report": str, "max_window_ops": int}
+
+
+def parse_env(value: str) -> tuple[str, dict[str, Any]]:
+    """``"always-on,sample=0.02,report=/tmp/hz.jsonl"`` -> ``("always-on", {...})``.
+
+    The first item is the mode (``off``, ``full``, ``always-on``); options follow as
+    ``key=value``: ``sample``, ``seed``, ``report``, ``max_window_ops``.
+    """
+    items = [p.strip() for p in value.split(",") if p.strip()]
+    if not items:
+        return "off", {}
+    mode = items[0].lower()
+    if mode in ("0", "false", "no"):
+        mode = "off"
+    if mode not in MODES:
+        raise ValueError(
+            f"ESPER_LIFETIMES: mode must be one of {', '.join(MODES)}, not {items[0]!r}"
+        )
+    opts: dict[str, Any] = {}
+    for item in items[1:]:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or key not in _OPTIONS:
+            raise ValueError(
+                f"ESPER_LIFETIMES: unknown option {item!r} "
+                f"(options: {', '.join(k + '=' for k in _OPTIONS)})"
+            )
+        try:
+            opts[key] = _OPTIONS[key](raw.strip())
+        except ValueError:
+            raise ValueError(
+                f"ESPER_LIFETIMES: option {key} takes a {_OPTIONS[key].__name__}, got {raw!r}"
+            ) from None
+    return mode, opts
+
+
+def enable_from_env(value: str) -> AlwaysOnTracker | None:
+    """Applies an ``ESPER_LIFETIMES`` value (see :func:`parse_env`)."""
+    mode, opts = parse_env(value)
+    if mode == "off":
+        disable()
+        return None
+    return enable(mode, **opts)
