@@ -26,6 +26,7 @@ build: setup
 
 demo: build
 	$(VPY) -m esper_lifetimes demo
+	$(VPY) examples/vectorized_step.py
 
 lint: setup
 	cargo fmt --all -- --check

@@ -1,0 +1,152 @@
+"""Cost of ``track()`` on real torch code, against the dispatch machinery it rides on.
+
+Runs one op sequence (a small MLP's forward, backward and SGD step, on the CPU) four
+ways in one process, interleaved and repeated, and prints the best time of each:
+
+* untracked;
+* under a stock no-op ``TorchDispatchMode`` (torch wraps its ``__torch_dispatch__`` in a
+  dynamo-disabling wrapper);
+* under a lean no-op mode, dispatched exactly as ``track()``'s mode is (no wrapper);
+* under ``esper_lifetimes.track(on_hazard="collect")``, CPU tensors on virtual streams.
+
+Times are the process's CPU time (``time.process_time``), best of interleaved rounds, so
+that other processes sharing the machine disturb the ratios as little as possible.
+
+The target of issue 3: track()'s overhead over untracked is at most 1.5x the no-op
+mode's overhead. The ratio is printed against both no-op modes; the lean one is the
+strict comparison (same dispatch path, so the difference is the tracker's own work).
+
+    python benchmarks/bench_tracking.py [--steps 30] [--repeats 5] [--width 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+
+import esper_lifetimes  # noqa: E402
+
+
+class StockNoop(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return func(*args, **(kwargs or {}))
+
+
+class LeanNoop(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return func(*args, **(kwargs or {}))
+
+
+class Counter(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def make(width: int, depth: int, batch: int):
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(depth):
+        layers += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, width)
+    y = torch.randn(batch, 1)
+    return model, opt, x, y
+
+
+def step(model, opt, x, y) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    opt.step()
+
+
+def run(ctx_factory, steps: int, parts) -> float:
+    model, opt, x, y = parts
+    gc.collect()
+    with ctx_factory():
+        t0 = time.process_time()
+        for _ in range(steps):
+            step(model, opt, x, y)
+        return time.process_time() - t0
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    parts = make(args.width, args.depth, args.batch)
+
+    counter = Counter()
+    with counter:
+        step(*parts)
+    ops_per_step = counter.n
+
+    ways = {
+        "untracked": _Null,
+        "stock no-op mode": StockNoop,
+        "lean no-op mode": LeanNoop,
+        "track()": lambda: esper_lifetimes.track("collect", cpu="device"),
+    }
+    for f in ways.values():  # warm-up: plans, caches, allocator
+        run(f, 3, parts)
+    best = {k: float("inf") for k in ways}
+    for _ in range(args.repeats):
+        for k, f in ways.items():
+            best[k] = min(best[k], run(f, args.steps, parts))
+
+    per_op = {k: v / args.steps / ops_per_step * 1e6 for k, v in best.items()}
+    base = per_op["untracked"]
+    print(
+        f"MLP {args.depth}x{args.width}, batch {args.batch}: forward+backward+SGD, "
+        f"{ops_per_step} aten ops per step, best of {args.repeats} x {args.steps} steps"
+    )
+    print(f"torch {torch.__version__}, {sys.version.split()[0]}")
+    for k, v in per_op.items():
+        print(f"  {k:18s} {v:8.2f} us/op   {best[k] / args.steps * 1e3:8.3f} ms/step")
+    tr = per_op["track()"] - base
+    for name in ("stock no-op mode", "lean no-op mode"):
+        ov = per_op[name] - base
+        print(
+            f"  track() overhead / {name} overhead = {tr:.2f} / {ov:.2f} us/op"
+            f" = {tr / ov:.2f}x   (target <= 1.5x)"
+        )
+    print(f"  track() / untracked = {per_op['track()'] / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

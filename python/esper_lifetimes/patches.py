@@ -1,0 +1,345 @@
+"""Patching and restoring the torch APIs that a dispatch mode does not see.
+
+Stream and event calls, ``Tensor.record_stream``, blocking host reads that dispatch no
+aten op (``tolist``, ``numpy``, printing, ``cpu`` of a CPU tensor) and
+``UntypedStorage.resize_`` are replaced, while at least one tracker is active on any
+thread, by wrappers that call the original and then feed every tracker active on the
+*calling* thread. The patches are reference-counted: the first activation installs them,
+the last deactivation restores the originals exactly (an attribute that the class only
+inherited is deleted again, not shadowed).
+
+This module also holds the per-thread stack of active trackers and the set of live
+trackers (those started and not yet closed, on any thread).
+
+A wrapper called from inside another wrapper (``Stream.wait_stream`` is implemented by
+torch with ``record_event`` and ``wait_event``) feeds nothing: only the outermost call is
+an event for the trackers.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = [
+    "active",
+    "push",
+    "pop",
+    "live_trackers",
+    "add_live",
+    "install",
+    "uninstall",
+    "installed",
+    "cuda_stream_handle",
+    "cuda_event_handle",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Per-thread state
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        self.active: list[Any] = []  # trackers active on this thread, innermost last
+        self.modes: list[Any] = []  # their dispatch modes, same order
+        self.depth = 0  # > 0 while inside a patched call
+
+
+_tls = _ThreadState()
+
+
+def active() -> list[Any]:
+    """The trackers active on the calling thread (do not mutate)."""
+    return _tls.active
+
+
+def push(tracker: Any, mode: Any) -> None:
+    _tls.active.append(tracker)
+    _tls.modes.append(mode)
+
+
+def pop(tracker: Any) -> Any:
+    """Removes ``tracker`` (the innermost occurrence) and returns its mode."""
+    act = _tls.active
+    for i in range(len(act) - 1, -1, -1):
+        if act[i] is tracker:
+            del act[i]
+            return _tls.modes.pop(i)
+    return None
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_live_lock = threading.RLock()  # reentrant: finalizers (Event.__del__) take it
+
+
+def add_live(tracker: Any) -> None:
+    with _live_lock:
+        _live.add(tracker)
+
+
+def discard_live(tracker: Any) -> None:
+    with _live_lock:
+        _live.discard(tracker)
+
+
+def live_trackers() -> list[Any]:
+    with _live_lock:
+        return list(_live)
+
+
+# ---------------------------------------------------------------------------------------
+# Handles for CUDA streams and events
+
+_CUDA_STREAM_TAG = 1 << 62
+_MASK48 = (1 << 48) - 1
+_event_ids = iter(range(1 << 40, 1 << 41))
+_event_lock = threading.Lock()
+
+
+def cuda_stream_handle(stream_id: int, device_index: int) -> int:
+    """The engine handle of a CUDA stream: stable for (device, stream_id)."""
+    return _CUDA_STREAM_TAG | ((device_index & 0xFF) << 48) | (stream_id & _MASK48)
+
+
+def _stream_handle(stream: Any) -> int:
+    return cuda_stream_handle(stream.stream_id, stream.device_index)
+
+
+def cuda_event_handle(event: Any) -> int:
+    h = getattr(event, "_esper_handle", None)
+    if h is None:
+        with _event_lock:
+            h = next(_event_ids)
+        try:
+            event._esper_handle = h
+        except AttributeError:  # pragma: no cover - an Event without __dict__
+            h = id(event)
+    return h
+
+
+def _current_cuda_stream() -> Any:
+    return torch.cuda.current_stream()
+
+
+# ---------------------------------------------------------------------------------------
+# The wrappers
+
+
+def _feed(trackers: list[Any], method: str, *args: Any) -> None:
+    for tr in tuple(trackers):
+        getattr(tr, method)(*args)
+
+
+def _safe_points(trackers: list[Any]) -> None:
+    for tr in tuple(trackers):
+        tr._safe_point()
+
+
+def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., Any]:
+    """``orig`` followed, for the outermost patched call on a tracked thread, by ``feed``.
+
+    ``feed(trackers, result, *args, **kwargs)`` tells the trackers; afterwards every
+    tracker gets a safe point (where a ``raise`` policy may raise).
+    """
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        st = _tls
+        if not st.active or st.depth:
+            return orig(*args, **kwargs)
+        st.depth += 1
+        try:
+            result = orig(*args, **kwargs)
+        finally:
+            st.depth -= 1
+        trackers = st.active
+        st.depth += 1
+        try:
+            feed(trackers, result, *args, **kwargs)
+        finally:
+            st.depth -= 1
+        _safe_points(trackers)
+        return result
+
+    patched.__name__ = getattr(orig, "__name__", "patched")
+    patched.__qualname__ = getattr(orig, "__qualname__", "patched")
+    patched.__doc__ = getattr(orig, "__doc__", None)
+    patched.__wrapped__ = orig  # type: ignore[attr-defined]
+    return patched
+
+
+# Tensor.record_stream: a virtual stream is handled without calling torch (which would
+# reject it); a CUDA stream calls torch, then feeds.
+def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
+    from esper_lifetimes import virtual
+
+    def record_stream(self: torch.Tensor, stream: Any) -> None:
+        st = _tls
+        if isinstance(stream, virtual.Stream):
+            if st.active and not st.depth:
+                st.depth += 1
+                try:
+                    _feed(st.active, "on_record_stream", self, stream.handle)
+                finally:
+                    st.depth -= 1
+                _safe_points(st.active)
+            return None
+        if not st.active or st.depth:
+            return orig(self, stream)
+        st.depth += 1
+        try:
+            orig(self, stream)
+            _feed(st.active, "on_record_stream", self, _stream_handle(stream))
+        finally:
+            st.depth -= 1
+        _safe_points(st.active)
+        return None
+
+    record_stream.__wrapped__ = orig  # type: ignore[attr-defined]
+    record_stream.__doc__ = orig.__doc__
+    return record_stream
+
+
+def _f_stream_wait(trs: list[Any], _r: Any, self: Any, stream: Any) -> None:
+    _feed(trs, "on_stream_wait", _stream_handle(self), _stream_handle(stream))
+
+
+def _f_stream_wait_event(trs: list[Any], _r: Any, self: Any, event: Any) -> None:
+    _feed(trs, "on_event_wait", cuda_event_handle(event), _stream_handle(self))
+
+
+def _f_stream_record_event(trs: list[Any], result: Any, self: Any, event: Any = None) -> None:
+    ev = result if result is not None else event
+    if ev is not None:
+        _feed(trs, "on_event_record", cuda_event_handle(ev), _stream_handle(self))
+
+
+def _f_stream_sync(trs: list[Any], _r: Any, self: Any) -> None:
+    _feed(trs, "on_stream_sync", _stream_handle(self))
+
+
+def _f_stream_query(trs: list[Any], result: Any, self: Any) -> None:
+    _feed(trs, "on_stream_query", _stream_handle(self), bool(result))
+
+
+def _f_event_record(trs: list[Any], _r: Any, self: Any, stream: Any = None) -> None:
+    s = stream if stream is not None else _current_cuda_stream()
+    _feed(trs, "on_event_record", cuda_event_handle(self), _stream_handle(s))
+
+
+def _f_event_wait(trs: list[Any], _r: Any, self: Any, stream: Any = None) -> None:
+    s = stream if stream is not None else _current_cuda_stream()
+    _feed(trs, "on_event_wait", cuda_event_handle(self), _stream_handle(s))
+
+
+def _f_event_sync(trs: list[Any], _r: Any, self: Any) -> None:
+    _feed(trs, "on_event_sync", cuda_event_handle(self))
+
+
+def _f_event_query(trs: list[Any], result: Any, self: Any) -> None:
+    _feed(trs, "on_event_query", cuda_event_handle(self), bool(result))
+
+
+def _f_device_sync(trs: list[Any], _r: Any, *_a: Any, **_k: Any) -> None:
+    _feed(trs, "on_device_sync")
+
+
+def _f_host_read(trs: list[Any], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
+    if isinstance(self, torch.Tensor):
+        _feed(trs, "on_host_read", self)
+
+
+def _f_resize(trs: list[Any], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
+    _feed(trs, "on_storage_resized", self)
+
+
+# (owner, attribute name, factory of the patched function from the original)
+def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+    cs = torch.cuda.Stream
+    ce = torch.cuda.Event
+    t = torch.Tensor
+    table: list[tuple[Any, str, Callable[[Any], Any]]] = [
+        (t, "record_stream", _make_record_stream),
+        (cs, "wait_stream", lambda o: _wrap(o, _f_stream_wait)),
+        (cs, "wait_event", lambda o: _wrap(o, _f_stream_wait_event)),
+        (cs, "record_event", lambda o: _wrap(o, _f_stream_record_event)),
+        (cs, "synchronize", lambda o: _wrap(o, _f_stream_sync)),
+        (cs, "query", lambda o: _wrap(o, _f_stream_query)),
+        (ce, "record", lambda o: _wrap(o, _f_event_record)),
+        (ce, "wait", lambda o: _wrap(o, _f_event_wait)),
+        (ce, "synchronize", lambda o: _wrap(o, _f_event_sync)),
+        (ce, "query", lambda o: _wrap(o, _f_event_query)),
+        (torch.cuda, "synchronize", lambda o: _wrap(o, _f_device_sync)),
+        (t, "tolist", lambda o: _wrap(o, _f_host_read)),
+        (t, "numpy", lambda o: _wrap(o, _f_host_read)),
+        (t, "cpu", lambda o: _wrap(o, _f_host_read)),
+        (t, "__repr__", lambda o: _wrap(o, _f_host_read)),
+        (torch.UntypedStorage, "resize_", lambda o: _wrap(o, _f_resize)),
+    ]
+    return table
+
+
+_MISSING = object()
+_install_lock = threading.Lock()
+_install_count = 0
+# (owner, name, value in owner.__dict__ before, or _MISSING)
+_saved: list[tuple[Any, str, Any]] = []
+
+
+def installed() -> bool:
+    return _install_count > 0
+
+
+def install() -> None:
+    """Installs the patches (reference-counted)."""
+    global _install_count
+    with _install_lock:
+        if _install_count == 0:
+            done: list[tuple[Any, str, Any]] = []
+            try:
+                for owner, name, make in _patch_table():
+                    own = owner.__dict__.get(name, _MISSING)
+                    orig = getattr(owner, name)
+                    setattr(owner, name, make(orig))
+                    done.append((owner, name, own))
+            except BaseException:
+                _restore(done)
+                raise
+            _saved[:] = done
+        _install_count += 1
+
+
+def _restore(saved: list[tuple[Any, str, Any]]) -> None:
+    for owner, name, own in reversed(saved):
+        if own is _MISSING:
+            try:
+                delattr(owner, name)
+            except AttributeError:  # pragma: no cover
+                pass
+        else:
+            setattr(owner, name, own)
+
+
+def uninstall() -> None:
+    """Undoes one :func:`install`; the last one restores every original."""
+    global _install_count
+    with _install_lock:
+        if _install_count <= 0:
+            return
+        _install_count -= 1
+        if _install_count == 0:
+            _restore(_saved)
+            _saved.clear()
+
+
+def originals() -> dict[str, Any]:
+    """What each patched attribute is when no tracker is active (for tests)."""
+    out: dict[str, Any] = {}
+    for owner, name, _make in _patch_table():
+        key = f"{getattr(owner, '__qualname__', getattr(owner, '__name__', owner))}.{name}"
+        out[key] = owner.__dict__.get(name, _MISSING)
+    return out

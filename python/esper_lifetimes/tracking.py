@@ -1,0 +1,1407 @@
+"""Automatic tracking of real torch code: ``track()``, ``@checked``, the dispatch mode.
+
+One :class:`Tracker` owns one engine. While it is active on a thread:
+
+* a ``TorchDispatchMode`` sees every aten op. Per op: one plan (cached per
+  ``OpOverload``, built from the schema) says which arguments are read, which are
+  written (``Tensor(a!)``), which are view inputs that touch no bytes (``Tensor(a)``)
+  and which returns are fresh storages. Each tensor becomes one engine call over the
+  bytes its view spans within its storage (storage offset, sizes, strides).
+* a storage is registered the first time it is seen: as a fresh output, with the
+  stream current at its creation as allocation stream and the op's site; as an input
+  that the tracker never saw created (it existed before tracking began, or torch built it
+  without dispatching, as ``torch.from_numpy`` does), lazily, on the *default* stream
+  with no site ("allocated before tracking").
+* its free is seen by a ``weakref`` callback on ``tensor.untyped_storage()`` (the same
+  Python object for every view, alive exactly as long as the storage), and by the
+  patched ``UntypedStorage.resize_``. The callback never raises: hazards it finds are
+  reported at the next safe point.
+* stream, event and host-blocking calls are patched (:mod:`esper_lifetimes.patches`).
+
+Which memory is which. A CUDA tensor is device memory on its device's current stream.
+A CPU tensor is *host* memory when it is pinned (``pin_memory()``, ``pin_memory=True``,
+the output of a non-blocking device-to-host copy, or :func:`virtual.pin_memory`);
+otherwise, with ``cpu="device"`` (the default when no GPU is present), it stands for
+device memory on the current *virtual* stream, and with ``cpu="host"`` (the default with
+a GPU) it is host memory that only copies and host reads care about.
+
+Raising is deferred to safe points: after each op, in patched calls, on exit (and at the
+entry and exit of ``@checked`` calls). Internal failures (the engine rejecting an event
+the tracker built from something torch did that it did not foresee) never reach the
+user's program: they are counted in :attr:`Tracker.diagnostics`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
+from esper_lifetimes.sites import SiteMark as _SiteMark
+from esper_lifetimes.sites import SiteTable, parse_site, user_frame
+from esper_lifetimes.sites import _user as _user_codes
+
+__all__ = [
+    "Tracker",
+    "track",
+    "checked",
+    "checked_tracker",
+    "reset_checked",
+    "enable",
+    "disable",
+    "is_enabled",
+    "LifetimeHazardError",
+    "LifetimeHazardWarning",
+    "format_report",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_Tensor = torch.Tensor
+_SEQ = (list, tuple)  # not `list | tuple`: that builds a UnionType per isinstance call
+
+# ---------------------------------------------------------------------------------------
+# Policy, errors, switch
+
+
+class LifetimeHazardError(RuntimeError):
+    """An error-severity hazard found under ``on_hazard="raise"``.
+
+    The message is the report; :attr:`hazards` holds the :class:`Hazard` objects.
+    """
+
+    def __init__(self, message: str, hazards: list[Hazard]):
+        super().__init__(message)
+        self.hazards = hazards
+
+
+class LifetimeHazardWarning(RuntimeWarning):
+    """An error-severity hazard found under ``on_hazard="warn"``."""
+
+
+COLLECT, WARN, RAISE = 0, 1, 2
+_POLICIES = {"collect": COLLECT, "warn": WARN, "raise": RAISE}
+
+
+def _policy(on_hazard: str) -> int:
+    try:
+        return _POLICIES[on_hazard]
+    except KeyError:
+        raise ValueError(
+            f"on_hazard must be 'raise', 'warn' or 'collect', not {on_hazard!r}"
+        ) from None
+
+
+class _Config:
+    __slots__ = ("enabled",)
+
+    def __init__(self) -> None:
+        # ESPER_LIFETIMES=off (or 0/false/no), possibly followed by ",options"
+        env = os.environ.get("ESPER_LIFETIMES", "").split(",", 1)[0].strip().lower()
+        self.enabled = env not in ("off", "0", "false", "no", "disable", "disabled")
+
+
+_config = _Config()
+
+
+def enable() -> None:
+    """Turns tracking on (the default unless ``ESPER_LIFETIMES=off``)."""
+    _config.enabled = True
+
+
+def disable() -> None:
+    """Turns tracking off: ``@checked`` calls the function directly and ``track()`` yields
+    a tracker that records nothing."""
+    _config.enabled = False
+
+
+def is_enabled() -> bool:
+    return _config.enabled
+
+
+# ---------------------------------------------------------------------------------------
+# Op plans
+
+_GENERIC, _SKIP, _LIFT, _SCALAR, _COPY_, _TO_COPY, _PIN, _RESIZE = range(8)
+
+# Ops that touch no bytes although their schema says they read a tensor (or that
+# esper_lifetimes itself calls while a tracker's mode is active).
+_SKIP_OPS = frozenset(
+    {
+        "aten::is_pinned",
+        "aten::_unsafe_view",
+        "aten::record_stream",
+        "aten::set_",
+        "aten::is_same_size",
+        "aten::_has_same_storage_numel",
+        "aten::is_set_to",
+        "aten::sym_size",
+        "aten::sym_stride",
+        "aten::sym_numel",
+        "aten::sym_storage_offset",
+        "aten::size",
+        "aten::stride",
+        "aten::dim",
+        "aten::numel",
+        "aten::is_contiguous",
+        "aten::is_non_overlapping_and_dense",
+        "aten::is_strides_like_format",
+        "aten::_version",
+        "aten::detach_",
+        "aten::_nested_tensor_size",
+        "aten::_nested_tensor_strides",
+        "aten::_make_dep_token",
+    }
+)
+# Factories whose output is allocated but not written.
+_NO_WRITE_OPS = frozenset(
+    {
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::empty_like",
+        "aten::empty_permuted",
+        "aten::new_empty",
+        "aten::new_empty_strided",
+    }
+)
+_SPECIAL = {
+    "aten::lift_fresh": _LIFT,
+    "aten::_local_scalar_dense": _SCALAR,
+    "aten::copy_": _COPY_,
+    "aten::_to_copy": _TO_COPY,
+    "aten::_pin_memory": _PIN,
+    "aten::resize_": _RESIZE,
+}
+
+
+class _Plan:
+    __slots__ = (
+        "special",
+        "pos",
+        "kw",
+        "fresh",
+        "ret_fresh",
+        "write_out",
+        "pin_kw",
+        "name",
+        "func",
+    )
+
+    def __init__(self, name: str, special: int) -> None:
+        self.name = name
+        self.special = special
+        self.pos: tuple[tuple[int, str, bool], ...] = ()
+        self.kw: tuple[tuple[str, bool], ...] = ()
+        self.fresh = False
+        self.ret_fresh: tuple[bool, ...] = ()
+        self.write_out = True
+        self.pin_kw = False
+        self.func: Any = None
+
+
+def _holds_tensor(ty: Any) -> bool:
+    if isinstance(ty, torch.TensorType):
+        return True
+    if isinstance(ty, torch.OptionalType | torch.ListType):
+        return _holds_tensor(ty.getElementType())
+    return False
+
+
+# id(OpOverload) -> plan (OpOverload.__hash__ is Python code; an id is free). The plan
+# keeps its op alive, so an id is never reused while it is a key.
+_PLANS: dict[int, _Plan] = {}
+_SKIP_PLAN = _Plan("<skip>", _SKIP)
+
+
+def _make_plan(func: Any) -> _Plan:
+    try:
+        plan = _build_plan(func)
+    except Exception:  # a higher-order op or an op without a schema: not tracked
+        plan = _SKIP_PLAN
+    if plan is _SKIP_PLAN:
+        plan = _Plan("<skip>", _SKIP)
+    plan.func = func
+    _PLANS[id(func)] = plan
+    return plan
+
+
+def _build_plan(func: Any) -> _Plan:
+    schema = func._schema
+    name = schema.name
+    if name in _SKIP_OPS:
+        return _SKIP_PLAN
+    plan = _Plan(name, _SPECIAL.get(name, _GENERIC))
+    pos: list[tuple[int, str, bool]] = []
+    kw: list[tuple[str, bool]] = []
+    for i, a in enumerate(schema.arguments):
+        if a.name == "pin_memory":
+            plan.pin_kw = True
+        if not _holds_tensor(a.type):
+            continue
+        ai = a.alias_info
+        if ai is not None and not ai.is_write:
+            continue  # a view input: touches no bytes
+        write = ai is not None and ai.is_write
+        if a.kwarg_only:
+            kw.append((a.name, write))
+        else:
+            pos.append((i, a.name, write))
+    plan.pos = tuple(pos)
+    plan.kw = tuple(kw)
+    rets = []
+    for r in schema.returns:
+        rets.append(_holds_tensor(r.type) and r.alias_info is None)
+    plan.ret_fresh = tuple(rets)
+    plan.fresh = any(rets)
+    plan.write_out = name not in _NO_WRITE_OPS
+    if plan.special == _GENERIC and not pos and not kw and not plan.fresh:
+        return _SKIP_PLAN
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# Storage records
+
+_VIRTUAL, _CUDA, _HOST = 0, 1, 2
+
+
+class _Ref(weakref.ref):  # type: ignore[type-arg]
+    """A weakref to an ``UntypedStorage`` that is also the tracker's record of it."""
+
+    __slots__ = (
+        "key",
+        "ptr",
+        "nbytes",
+        "kind",
+        "registered",
+        "astream",
+        "multi",
+        "pinned",
+        "pending",
+        "policy",
+    )
+
+    key: int
+    ptr: int
+    nbytes: int
+    kind: int
+    registered: bool  # allocated in the engine (device memory)
+    astream: int  # allocation stream
+    multi: bool  # used on another stream, or record_stream'd: its free needs a site
+    pinned: bool  # host memory that non-blocking copies run against
+    pending: bool  # host memory that a non-blocking copy touched
+    policy: int
+
+
+def _span(t: torch.Tensor) -> int:
+    """Bytes from the view's first element to one past its last, within its storage."""
+    if t.is_contiguous():
+        return t.nbytes
+    if not t.numel():
+        return 0
+    ext = 1
+    for s, st in zip(t.shape, t.stride(), strict=True):
+        if s > 1:
+            ext += (s - 1) * st
+    return ext * t.element_size()
+
+
+_vstate = virtual._state
+_VDEFAULT = virtual.DEFAULT
+_host_marks = virtual._host
+_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_getframe = sys._getframe
+
+
+def _vcurrent() -> int:
+    vs = _vstate.stream
+    return (vs if vs is not None else _VDEFAULT).handle
+
+
+def _cuda_current(device: int) -> int:
+    sid, didx, _ = torch._C._cuda_getCurrentStream(device)
+    return patches.cuda_stream_handle(sid, didx)
+
+
+def _cuda_default(device: int) -> int:
+    sid, didx, _ = torch._C._cuda_getDefaultStream(device)
+    return patches.cuda_stream_handle(sid, didx)
+
+
+# ---------------------------------------------------------------------------------------
+# The dispatch mode
+
+
+class _Mode(TorchDispatchMode):
+    """Feeds every aten op to one tracker."""
+
+    supports_higher_order_operators = True
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Torch wraps __torch_dispatch__ in a dynamo-disabling wrapper that costs more
+        # than the whole tracker (measured ~15 us per op). Instead the method itself hands
+        # the op straight to torch when dynamo traces it.
+        return False
+
+    def __init__(self, tracker: Tracker) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
+        if kwargs is None:
+            kwargs = {}
+        if _dynamo_compiling():
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        plan = _PLANS.get(id(func))
+        if plan is None:
+            plan = _make_plan(func)
+        sp = plan.special
+        if sp == _SKIP:
+            return out  # a view or metadata op: no bytes, no engine call
+        tr = self.tracker
+        if sp == _GENERIC:
+            # The hot path, inlined: the common cases (a known storage standing for device
+            # memory on a virtual stream, read or written whole; a fresh output) cost no
+            # Python call but the engine's; everything else goes through Tracker._touch
+            # and Tracker._fresh.
+            try:
+                # The site: the first frame outside torch and esper_lifetimes
+                # (SiteTable.here, inlined). Frame 0 is this one, 1 torch's caller.
+                f = _getframe(1)
+                m = f.f_trace
+                if m.__class__ is _SiteMark and m.table is tr._sites:
+                    site = m.site  # a frame an earlier walk went through
+                else:
+                    cid = id(f.f_code)
+                    if cid in _user_codes:  # torch called straight from user code
+                        site = tr._site_ids.get((cid << 24) + f.f_lasti)
+                        if site is None:
+                            site = tr._sites.here_frame(f)
+                    else:
+                        site = tr._sites.from_frame(f)
+                del f, m
+                if tr._cpu_device:
+                    vs = _vstate.stream
+                    if vs is None:
+                        vs = _VDEFAULT
+                    vs._pending = True  # the op is work on the virtual stream
+                    vh = vs.handle
+                else:
+                    vh = None
+                recs = tr._recs
+                access = tr._access
+                n = len(args)
+                for i, name, w in plan.pos:
+                    if i < n:
+                        a = args[i]
+                    elif kwargs:
+                        a = kwargs.get(name)
+                    else:
+                        continue
+                    if isinstance(a, _Tensor):
+                        try:
+                            st = a.untyped_storage()
+                        except Exception:
+                            continue
+                        ref = recs.get(id(st))
+                        if ref is not None and ref.kind == _VIRTUAL:
+                            nb = a.nbytes
+                            if nb == ref.nbytes and nb:
+                                if ref.astream != vh:
+                                    ref.multi = True
+                                try:
+                                    access(ref.ptr, nb, vh, w, site)
+                                except LifetimesError:
+                                    tr._touch(a, w, site, vh)
+                                continue
+                        tr._touch(a, w, site, vh)
+                    elif isinstance(a, _SEQ):
+                        for x in a:
+                            if isinstance(x, _Tensor):
+                                tr._touch(x, w, site, vh)
+                if kwargs:
+                    for name, w in plan.kw:
+                        a = kwargs.get(name)
+                        if isinstance(a, _Tensor):
+                            tr._touch(a, w, site, vh)
+                        elif isinstance(a, _SEQ):
+                            for x in a:
+                                if isinstance(x, _Tensor):
+                                    tr._touch(x, w, site, vh)
+                if plan.fresh and out is not None:
+                    host = plan.pin_kw and bool(kwargs.get("pin_memory"))
+                    if not isinstance(out, _Tensor):
+                        tr._outputs(out, plan, site, host, vh)
+                    elif vh is not None and not host and out.is_cpu:
+                        try:
+                            st = out.untyped_storage()
+                        except Exception:  # sparse, nested: not tracked
+                            st = None
+                        key = id(st)
+                        if st is not None and key not in recs and key not in _host_marks:
+                            # a fresh storage on the virtual stream: register, then write
+                            ref = _Ref(st, tr._on_free_cb)
+                            ref.key = key
+                            ref.kind = _VIRTUAL
+                            ref.ptr = p = st.data_ptr()
+                            ref.nbytes = nbytes = st.nbytes()
+                            ref.astream = vh
+                            ref.multi = False
+                            if tr._shared:
+                                ref.policy = tr._current_policy()
+                            recs[key] = ref
+                            ref.registered = False
+                            if nbytes and p:
+                                try:
+                                    tr._alloc(p, nbytes, vh, site)
+                                    ref.registered = True
+                                except LifetimesError:
+                                    tr._engine_alloc(ref, vh, site)
+                                if plan.write_out and ref.registered:
+                                    if out.nbytes == nbytes:
+                                        access(p, nbytes, vh, True, site)
+                                    else:
+                                        tr._touch(out, True, site, vh)
+                        # else: a storage already known is an alias of an input
+                    else:
+                        tr._fresh(out, plan.write_out, site, host, vh)
+            except Exception as exc:
+                tr._note(exc, plan.name)
+        else:
+            try:
+                tr._apply(plan, args, kwargs, out)
+            except Exception as exc:
+                tr._note(exc, plan.name)
+        if tr._error_count() != tr._errors_seen:
+            tr._safe_point()
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# The tracker
+
+
+class Tracker:
+    """Tracks one region (``with track() as t``) or, shared, every ``@checked`` call.
+
+    Results: :attr:`hazards`, :attr:`errors`, :attr:`advice`, :meth:`report`,
+    :attr:`diagnostics` (internal failures, normally empty), :attr:`engine`.
+    """
+
+    def __init__(self, on_hazard: str = "raise", *, cpu: str | None = None) -> None:
+        self.policy = _policy(on_hazard)
+        if cpu is None:
+            cpu = "host" if torch.cuda.is_available() else "device"
+        if cpu not in ("device", "host"):
+            raise ValueError(f"cpu must be 'device' or 'host', not {cpu!r}")
+        self.cpu = cpu
+        self._cpu_device = cpu == "device"
+        self._cuda_ok = torch.cuda.is_available()
+        self._state = "new"
+        self._shared = False
+        self._eng: Any = None
+        self._recs: dict[int, _Ref] = {}
+        self._named: set[int] = set()
+        self._seen = 0  # hazards already passed to the policy (index into the list)
+        self._errors_seen = 0  # engine.error_count() at the last safe point
+        self._pending_policy = -1  # strictest policy of storages freed with new errors
+        self._watching = False
+        self._lock = threading.RLock()
+        self._tls = threading.local()
+        self._diag_count = 0
+        self._diag: list[str] = []
+        # Register a storage first seen as an input (allocated before tracking) on the
+        # default stream. A tracker that sees only windows of a run sets it False.
+        self._adopt_unseen = True
+
+    # -- results ----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Any:
+        """The engine (``None`` before the tracker starts, or when tracking is disabled)."""
+        return self._eng
+
+    @property
+    def hazards(self) -> list[Hazard]:
+        """Every distinct hazard found, in the order found."""
+        return self._eng.hazards() if self._eng is not None else []
+
+    @property
+    def errors(self) -> list[Hazard]:
+        return [h for h in self.hazards if h.severity == "error"]
+
+    @property
+    def advice(self) -> list[Hazard]:
+        return [h for h in self.hazards if h.severity != "error"]
+
+    @property
+    def diagnostics(self) -> list[str]:
+        """Internal failures (the first few, with a count): empty when all went well."""
+        if self._diag_count > len(self._diag):
+            return [*self._diag, f"... {self._diag_count - len(self._diag)} more"]
+        return list(self._diag)
+
+    def report(self, hazards: list[Hazard] | None = None) -> str:
+        """The readable report of ``hazards`` (default: all found)."""
+        hs = self.hazards if hazards is None else hazards
+        return format_report(hs, diagnostics=self._diag_count if hazards is None else 0)
+
+    def __repr__(self) -> str:
+        n = len(self.hazards)
+        return f"<esper_lifetimes.Tracker {self._state}, {n} hazard{'s' * (n != 1)}>"
+
+    # -- region -----------------------------------------------------------------------
+
+    def __enter__(self) -> Tracker:
+        if self._state != "new":
+            raise RuntimeError("a Tracker is entered once; call track() again")
+        if not _config.enabled:
+            self._state = "disabled"
+            return self
+        self._start()
+        self._attach()
+        self._state = "active"
+        return self
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> bool:
+        if self._state != "active":
+            return False
+        try:
+            self._detach()
+        finally:
+            self._state = "closed"
+            self._close()
+        self._safe_point(exc=ev, final=True)
+        return False
+
+    @property
+    def active(self) -> bool:
+        return self._state == "active"
+
+    def _start(self) -> None:
+        eng = Engine()
+        self._eng = eng
+        self._sites = SiteTable(eng)
+        self._site_ids = self._sites._ids
+        self._error_count = eng.error_count
+        self._access = eng.access
+        self._alloc = eng.alloc
+        self._on_free_cb = self._on_free  # one bound method for every weakref
+        self._watching = True
+        for s in virtual.all_streams():
+            self._define_virtual_stream(s)
+        patches.add_live(self)
+
+    def _attach(self) -> None:
+        patches.install()
+        try:
+            mode = _Mode(self)
+            mode.__enter__()
+        except BaseException:
+            patches.uninstall()
+            raise
+        patches.push(self, mode)
+
+    def _detach(self) -> None:
+        mode = patches.pop(self)
+        try:
+            if mode is not None:
+                mode.__exit__(None, None, None)
+        finally:
+            patches.uninstall()
+
+    def _close(self) -> None:
+        self._watching = False
+        patches.discard_live(self)
+        self._recs.clear()
+
+    def _current_policy(self) -> int:
+        if self._shared:
+            p = getattr(self._tls, "policy", None)
+            if p is not None:
+                return p
+        return self.policy
+
+    # -- policy -------------------------------------------------------------------------
+
+    def _safe_point(self, exc: BaseException | None = None, final: bool = False) -> None:
+        eng = self._eng
+        if eng is None:
+            return
+        n = eng.error_count()
+        if n == self._errors_seen:
+            return
+        with self._lock:
+            if n == self._errors_seen:
+                return
+            new = eng.hazards(self._seen)
+            self._seen += len(new)
+            self._errors_seen = n
+            pol = max(self._current_policy(), self._pending_policy)
+            self._pending_policy = -1
+        errors = [h for h in new if h.severity == "error"]
+        if not errors:
+            return
+        text = format_report(errors)
+        if pol == RAISE:
+            if exc is None:
+                raise LifetimeHazardError(text, errors)
+            if hasattr(exc, "add_note"):
+                exc.add_note(text)
+        elif pol == WARN:
+            _warn(text)
+
+    def _note(self, exc: BaseException, where: str) -> None:
+        self._diag_count += 1
+        if len(self._diag) < 20:
+            self._diag.append(f"{where}: {type(exc).__name__}: {exc}")
+
+    # -- streams ------------------------------------------------------------------------
+
+    def _define_virtual_stream(self, s: virtual.Stream) -> None:
+        eng = self._eng
+        if eng is None or s.handle in self._named:
+            return
+        try:
+            eng.define_stream(s.handle, s.name, True)
+            self._named.add(s.handle)
+        except Exception as exc:
+            self._note(exc, "define_stream")
+
+    def _name_cuda(self, h: int) -> None:
+        if h in self._named:
+            return
+        self._named.add(h)
+        try:
+            dev = (h >> 48) & 0xFF
+            sid = h & ((1 << 48) - 1)
+            name = f"cuda:{dev} default" if sid == 0 else f"cuda:{dev} stream {sid:#x}"
+            self._eng.define_stream(h, name, False)
+        except Exception as exc:
+            self._note(exc, "define_stream")
+
+    def _forget_event(self, h: int) -> None:
+        try:
+            if self._eng is not None:
+                self._eng.forget_event(h)
+        except Exception as exc:
+            self._note(exc, "forget_event")
+
+    # -- the per-op path --------------------------------------------------------------
+
+    def _apply(self, plan: _Plan, args: tuple, kwargs: dict, out: Any) -> None:
+        """The ops that need more than their schema (copies, ``.item()``, ...)."""
+        # frames: here (0), _apply (1), __torch_dispatch__ (2), torch's caller (3)
+        site = self._sites.here(3)
+        if self._cpu_device:
+            vs = _vstate.stream
+            if vs is None:
+                vs = _VDEFAULT
+            vs._pending = True  # the op is work on the virtual stream
+            vh = vs.handle
+        else:
+            vh = None
+        sp = plan.special
+        if sp == _SCALAR:
+            a = args[0] if args else None
+            if isinstance(a, _Tensor):
+                h = self._touch(a, False, site, vh)
+                if h is not None:
+                    self._eng.stream_synchronize(h)
+        elif sp == _COPY_ or sp == _TO_COPY:
+            self._copy(plan, args, kwargs, out, site)
+        elif sp == _LIFT:
+            a = args[0] if args else None
+            if isinstance(a, _Tensor):
+                st = a.untyped_storage()
+                key = id(st)
+                if key not in self._recs:
+                    ref = self._new_ref(a, st, key, True, site, False, vh)
+                    if ref is not None and ref.kind != _HOST:
+                        self._touch(a, True, site, vh)
+        elif sp == _PIN:
+            for i, _name, w in plan.pos:
+                if i < len(args) and isinstance(args[i], _Tensor):
+                    self._touch(args[i], w, site, vh)
+            if isinstance(out, _Tensor):
+                self._fresh(out, False, site, True, vh)
+        elif sp == _RESIZE:
+            a = args[0] if args else None
+            if isinstance(a, _Tensor):
+                st = a.untyped_storage()
+                ref = self._recs.get(id(st))
+                if ref is not None:
+                    self._resync(st, ref, site, None)
+
+    def _outputs(self, out: Any, plan: _Plan, site: Any, host: bool, vh: int | None) -> None:
+        if not isinstance(out, _SEQ):
+            return
+        w = plan.write_out
+        rf = plan.ret_fresh
+        if len(rf) > 1 and len(rf) == len(out):
+            for o, f in zip(out, rf, strict=True):
+                if f:
+                    self._walk_fresh(o, w, site, host, vh)
+        elif rf and rf[0]:
+            self._walk_fresh(out, w, site, host, vh)
+
+    def _walk_fresh(self, o: Any, w: bool, site: Any, host: bool, vh: int | None) -> None:
+        if isinstance(o, _Tensor):
+            self._fresh(o, w, site, host, vh)
+        elif isinstance(o, _SEQ):
+            for x in o:
+                self._walk_fresh(x, w, site, host, vh)
+
+    def _touch(
+        self,
+        t: torch.Tensor,
+        write: bool,
+        site: Any,
+        vh: int | None = None,
+    ) -> int | None:
+        """One access by the current op. Returns the stream it ran on (None: host)."""
+        try:
+            st = t.untyped_storage()
+        except Exception:  # sparse, nested, or a subclass without storage
+            return None
+        key = id(st)
+        ref = self._recs.get(key)
+        if ref is None:
+            ref = self._new_ref(t, st, key, False, None, False, vh)
+            if ref is None:
+                return None
+        kind = ref.kind
+        if kind == _VIRTUAL:
+            h = vh if vh is not None else _vcurrent()
+        elif kind == _CUDA:
+            h = _cuda_current(t.get_device())
+            if h not in self._named:
+                self._name_cuda(h)
+        else:
+            if ref.pending:
+                n = _span(t)
+                if n:
+                    self._eng.host_access(t.data_ptr(), n, write, site)
+            return None
+        if h != ref.astream:
+            ref.multi = True
+        n = t.nbytes
+        if n == ref.nbytes:
+            # as many bytes as the storage holds: the view covers all of it
+            p = ref.ptr
+        else:
+            if not t.is_contiguous():
+                n = _span(t)
+            p = t.data_ptr()
+        if n:
+            try:
+                self._access(p, n, h, write, site)
+            except LifetimesError as exc:
+                if self._resync(st, ref, site, h):
+                    self._access(t.data_ptr(), _span(t), h, write, site)
+                else:
+                    self._note(exc, "access")
+        return h
+
+    def _fresh(
+        self,
+        t: torch.Tensor,
+        write: bool,
+        site: Any,
+        host: bool,
+        vh: int | None = None,
+    ) -> None:
+        """A tensor an op returned that aliases none of its inputs (by its schema). A
+        storage already known is an alias all the same (``_unsafe_view`` and kin):
+        nothing is done for it."""
+        try:
+            st = t.untyped_storage()
+        except Exception:
+            return
+        key = id(st)
+        if key in self._recs:
+            return
+        ref = self._new_ref(t, st, key, True, site, host, vh)
+        if ref is None or ref.kind == _HOST:
+            return
+        if write:
+            self._touch(t, True, site, vh)
+
+    # -- registration -----------------------------------------------------------------
+
+    def _new_ref(
+        self,
+        t: torch.Tensor,
+        st: Any,
+        key: int,
+        fresh: bool,
+        site: Any,
+        host: bool,
+        vh: int | None = None,
+    ) -> _Ref | None:
+        """Registers a storage seen for the first time (``fresh``: just allocated)."""
+        if not fresh and not self._adopt_unseen:
+            return None
+        if t.is_cpu:
+            if host or key in _host_marks:
+                ref = _Ref(st, self._on_free_cb)
+                ref.key = key
+                ref.kind = _HOST
+                ref.ptr = st.data_ptr()
+                ref.nbytes = st.nbytes()
+                ref.registered = False
+                ref.astream = 0
+                ref.multi = False
+                ref.pinned = True
+                ref.pending = False
+                if self._shared:
+                    ref.policy = self._current_policy()
+                self._recs[key] = ref
+                return ref
+            if not self._cpu_device:
+                return None
+            kind = _VIRTUAL
+            if not fresh:
+                stream = virtual.DEFAULT_HANDLE
+            else:
+                stream = vh if vh is not None else _vcurrent()
+        elif t.is_cuda:
+            kind = _CUDA
+            dev = t.get_device()
+            stream = _cuda_current(dev) if fresh else _cuda_default(dev)
+            self._name_cuda(stream)
+        else:
+            return None  # meta, or a device this tracker does not model
+        ref = _Ref(st, self._on_free_cb)
+        ref.key = key
+        ref.kind = kind
+        ref.ptr = p = st.data_ptr()
+        ref.nbytes = n = st.nbytes()
+        ref.registered = False
+        ref.astream = stream
+        ref.multi = False
+        if self._shared:
+            ref.policy = self._current_policy()
+        if n and p:
+            if fresh:
+                self._engine_alloc(ref, stream, site)
+            else:
+                self._engine_alloc(ref, stream, None)
+        self._recs[key] = ref
+        return ref
+
+    def _host_ref(self, t: torch.Tensor, pinned: bool) -> _Ref | None:
+        """The host record of CPU tensor ``t`` (created when missing)."""
+        st = t.untyped_storage()
+        key = id(st)
+        ref = self._recs.get(key)
+        if ref is None:
+            ref = self._new_ref(t, st, key, True, None, True)
+            if ref is not None:
+                ref.pinned = pinned
+        if ref is None or ref.kind != _HOST:
+            return None
+        if pinned:
+            ref.pinned = True
+        return ref
+
+    def _engine_alloc(self, ref: _Ref, stream: int, site: Any) -> None:
+        eng = self._eng
+        ref.astream = stream
+        ref.multi = False
+        try:
+            eng.alloc(ref.ptr, ref.nbytes, stream, site)
+        except LifetimesError as exc:
+            # Overlaps a live storage: either one whose free the tracker has not seen yet
+            # (its memory was handed out again), or a genuine alias of the same memory.
+            if not self._evict_overlaps(ref.ptr, ref.nbytes):
+                self._note(exc, "alloc (aliases live storage)")
+                return
+            try:
+                eng.alloc(ref.ptr, ref.nbytes, stream, site)
+            except LifetimesError as exc2:
+                self._note(exc2, "alloc")
+                return
+        ref.registered = True
+
+    def _evict_overlaps(self, ptr: int, nbytes: int) -> bool:
+        """Frees (late) every stale storage over ``[ptr, ptr+nbytes)``; False when one of
+        them is still alive at its recorded place."""
+        end = ptr + nbytes
+        ok = True
+        for old in list(self._recs.values()):
+            if not old.registered or old.ptr >= end or old.ptr + old.nbytes <= ptr:
+                continue
+            st = old()
+            if st is not None:
+                try:
+                    if st.data_ptr() == old.ptr and st.nbytes() == old.nbytes:
+                        ok = False
+                        continue
+                except Exception:
+                    pass
+            self._drop(old, None)
+            self._diag_count += 1
+            if len(self._diag) < 20:
+                self._diag.append(f"late free of {old.ptr:#x}: seen after its reuse")
+        return ok
+
+    def _drop(self, ref: _Ref, site: Any) -> None:
+        """The engine-side free of a registered storage."""
+        if not ref.registered:
+            return
+        ref.registered = False
+        eng = self._eng
+        if not self._shared:
+            eng.free(ref.ptr, site)
+            return
+        before = eng.error_count()
+        eng.free(ref.ptr, site)
+        if eng.error_count() != before and ref.policy > self._pending_policy:
+            self._pending_policy = ref.policy
+
+    def _resync(self, st: Any, ref: _Ref, site: Any, stream: int | None) -> bool:
+        """The storage's memory moved or changed size (``resize_``, ``set_``, an ``out=``
+        argument resized): free the old bytes, allocate the new. True when it did."""
+        ptr, n = st.data_ptr(), st.nbytes()
+        if ptr == ref.ptr and n == ref.nbytes:
+            return False
+        if ref.kind == _HOST:
+            if ref.pending:
+                self._eng.host_release(ref.ptr, ref.nbytes)
+                ref.pending = False
+            ref.ptr, ref.nbytes = ptr, n
+            return True
+        if ref.registered:
+            self._drop(ref, site)
+        ref.ptr, ref.nbytes = ptr, n
+        if n and ptr:
+            if stream is None:
+                stream = self._alloc_stream_now(ref, st)
+            self._engine_alloc(ref, stream, site)
+        return ref.registered
+
+    def _alloc_stream_now(self, ref: _Ref, st: Any) -> int:
+        if ref.kind == _CUDA:
+            h = _cuda_current(st.device.index)
+            self._name_cuda(h)
+            return h
+        return _vcurrent()
+
+    def _on_free(self, ref: _Ref) -> None:
+        """weakref callback: the storage died. Never raises."""
+        try:
+            recs = self._recs
+            key = ref.key
+            other = recs.pop(key, None)
+            if other is not ref and other is not None:
+                recs[key] = other  # not this record's entry (it was replaced)
+            if not self._watching:
+                return
+            if ref.kind == _HOST:
+                if ref.pending:
+                    ref.pending = False
+                    self._eng.host_release(ref.ptr, ref.nbytes)
+                return
+            if ref.registered:
+                # a storage only ever used on its allocation stream frees without a site:
+                # no verdict of its free can name one
+                if ref.multi:
+                    self._drop(ref, self._sites.here(2))
+                elif self._shared:
+                    self._drop(ref, None)
+                else:
+                    ref.registered = False
+                    self._eng.free(ref.ptr, None)
+        except Exception as exc:
+            self._note(exc, "free")
+
+    # -- copies -------------------------------------------------------------------------
+
+    def _side(self, t: torch.Tensor) -> str:
+        if t.is_cuda:
+            return "d"
+        if not t.is_cpu:
+            return "-"
+        key = id(t.untyped_storage())
+        ref = self._recs.get(key)
+        if ref is not None:
+            return "h" if ref.kind == _HOST else "d"
+        if key in _host_marks or not self._cpu_device:
+            return "h"
+        return "d"
+
+    def _is_pinned(self, t: torch.Tensor) -> bool:
+        ref = self._recs.get(id(t.untyped_storage()))
+        if ref is not None and ref.kind == _HOST and ref.pinned:
+            return True
+        if id(t.untyped_storage()) in _host_marks:
+            return True
+        if self._cuda_ok:
+            try:
+                return bool(t.is_pinned())
+            except Exception:
+                return False
+        return False
+
+    def _copy(self, plan: _Plan, args: tuple, kwargs: dict, out: Any, site: Any) -> None:
+        if plan.special == _TO_COPY:
+            src = args[0] if args else kwargs.get("self")
+            dst = out
+            nb = bool(kwargs.get("non_blocking", False))
+        else:
+            dst = args[0] if args else kwargs.get("self")
+            src = args[1] if len(args) > 1 else kwargs.get("src")
+            nb = bool(args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+        if not isinstance(src, _Tensor) or not isinstance(dst, _Tensor):
+            return
+        fresh = plan.special == _TO_COPY
+        s_side = self._side(src)
+        if fresh:
+            if dst.is_cuda:
+                d_side = "d"
+            elif not dst.is_cpu:
+                d_side = "-"
+            elif src.is_cuda or s_side == "h":
+                d_side = "h"
+            else:
+                d_side = "d" if self._cpu_device else "h"
+        else:
+            d_side = self._side(dst)
+        if s_side == "h" and d_side == "d":
+            # host to device: the write runs on the destination's stream
+            h = self._dst(dst, fresh, site)
+            if h is None:
+                return
+            if nb and self._is_pinned(src):
+                ref = self._host_ref(src, True)
+                n = _span(src)
+                if ref is not None and n:
+                    self._eng.copy_from_host(src.data_ptr(), n, h, site)
+                    ref.pending = True
+            else:
+                self._touch(src, False, site)  # a host read if copies are pending
+        elif s_side == "d" and d_side == "h":
+            h = self._touch(src, False, site)
+            if h is None:
+                return
+            # torch pins the output of a non-blocking device-to-host _to_copy
+            pinned = nb and (src.is_cuda if fresh else self._is_pinned(dst))
+            if pinned:
+                ref = self._host_ref(dst, True)
+                n = _span(dst)
+                if ref is not None and n:
+                    self._eng.copy_to_host(dst.data_ptr(), n, h, site)
+                    ref.pending = True
+            else:
+                # blocking (or into pageable memory, which CUDA makes synchronous)
+                self._eng.stream_synchronize(h)
+                if not fresh:
+                    self._touch(dst, True, site)
+                else:
+                    self._host_ref(dst, False)
+        else:
+            self._touch(src, False, site)
+            if fresh:
+                self._fresh(dst, True, site, d_side == "h")
+            else:
+                self._touch(dst, True, site)
+
+    def _dst(self, dst: torch.Tensor, fresh: bool, site: Any) -> int | None:
+        if fresh:
+            self._fresh(dst, False, site, False)
+        return self._touch(dst, True, site)
+
+    # -- events from patched calls and virtual streams ----------------------------------
+
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self._note(exc, what)
+
+    def on_stream_wait(self, waiter: int, waited: int) -> None:
+        self._name_if_cuda(waiter, waited)
+        self._guard("wait_stream", self._eng.stream_wait, waiter, waited)
+
+    def on_event_record(self, event: int, stream: int) -> None:
+        self._name_if_cuda(stream)
+        self._guard("event_record", self._eng.event_record, event, stream)
+
+    def on_event_wait(self, event: int, stream: int) -> None:
+        self._name_if_cuda(stream)
+        self._guard("event_wait", self._eng.event_wait, event, stream)
+
+    def on_stream_sync(self, stream: int) -> None:
+        self._name_if_cuda(stream)
+        self._guard("stream_synchronize", self._eng.stream_synchronize, stream)
+
+    def on_event_sync(self, event: int) -> None:
+        self._guard("event_synchronize", self._eng.event_synchronize, event)
+
+    def on_device_sync(self) -> None:
+        self._guard("device_synchronize", self._eng.device_synchronize)
+
+    def on_stream_query(self, stream: int, complete: bool) -> None:
+        self._name_if_cuda(stream)
+        self._guard("stream_query", self._eng.stream_query, stream, complete)
+
+    def on_event_query(self, event: int, complete: bool) -> None:
+        self._guard("event_query", self._eng.event_query, event, complete)
+
+    def _name_if_cuda(self, *handles: int) -> None:
+        for h in handles:
+            if h not in self._named and h & patches._CUDA_STREAM_TAG:
+                self._name_cuda(h)
+
+    def on_record_stream(self, t: torch.Tensor, stream: int) -> None:
+        try:
+            self._name_if_cuda(stream)
+            site = self._sites.here(2)
+            st = t.untyped_storage()
+            key = id(st)
+            ref = self._recs.get(key)
+            if ref is None:
+                ref = self._new_ref(t, st, key, False, None, False)
+            if ref is None or ref.kind == _HOST:
+                return
+            if not ref.registered:
+                self._resync(st, ref, site, None)
+            if ref.registered:
+                ref.multi = True
+                self._eng.record_stream(ref.ptr, stream, site)
+        except Exception as exc:
+            self._note(exc, "record_stream")
+
+    def on_host_read(self, t: torch.Tensor, device_sync: bool = True) -> None:
+        """A blocking host read of ``t`` (``tolist``, ``numpy``, printing, ``cpu``)."""
+        try:
+            if t.is_cpu and not self._cpu_device:
+                key = id(t.untyped_storage())
+                if key not in self._recs and key not in _host_marks:
+                    return
+            site = self._sites.here(2)
+            if not device_sync and self._side(t) == "d":
+                return
+            h = self._touch(t, False, site)
+            if h is not None:
+                self._eng.stream_synchronize(h)
+        except Exception as exc:
+            self._note(exc, "host read")
+
+    def on_storage_resized(self, st: Any) -> None:
+        try:
+            ref = self._recs.get(id(st))
+            if ref is None:
+                return
+            self._resync(st, ref, self._sites.here(2), None)
+        except Exception as exc:
+            self._note(exc, "resize_")
+
+
+# ---------------------------------------------------------------------------------------
+# Reports
+
+
+def _warn(text: str) -> None:
+    f = user_frame(2)
+    if f is None:
+        warnings.warn(text, LifetimeHazardWarning, stacklevel=3)
+        return
+    g = f.f_globals
+    warnings.warn_explicit(
+        text,
+        LifetimeHazardWarning,
+        f.f_code.co_filename,
+        f.f_lineno,
+        module=g.get("__name__", "__main__"),
+        registry=g.setdefault("__warningregistry__", {}),
+    )
+
+
+def _code_at(site: str | None) -> str:
+    parsed = parse_site(site)
+    if parsed is None:
+        return ""
+    import linecache
+
+    path, line = parsed
+    text = linecache.getline(path, line)
+    if not text:
+        text = linecache.getline(os.path.abspath(path), line)
+    return text.strip()
+
+
+_ROLES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    # kind -> ((label, site field, stream-name field), ...)
+    "unsynced-free": (
+        ("allocated", "alloc_site", "alloc_stream_name"),
+        ("used", "use_site", "use_stream_name"),
+        ("freed", "free_site", None),
+    ),
+    "reuse-race": (
+        ("allocated", "alloc_site", "alloc_stream_name"),
+        ("used", "use_site", "use_stream_name"),
+        ("freed", "free_site", None),
+        ("reallocated", "other_site", "other_stream_name"),
+    ),
+    "unsynced-access": (
+        ("allocated", "alloc_site", "alloc_stream_name"),
+        ("earlier", "other_site", "other_stream_name"),
+        ("racing", "use_site", "use_stream_name"),
+    ),
+    "host-read-before-copy": (
+        ("copy", "use_site", "use_stream_name"),
+        ("host read", "other_site", None),
+    ),
+    "host-write-during-copy": (
+        ("copy", "use_site", "use_stream_name"),
+        ("host write", "other_site", None),
+    ),
+    "redundant-record-stream": (
+        ("allocated", "alloc_site", "alloc_stream_name"),
+        ("recorded", "use_site", "use_stream_name"),
+        ("freed", "free_site", None),
+    ),
+}
+
+
+def _hazard_lines(h: Hazard) -> list[str]:
+    head = f"{h.severity.upper()} {h.kind}"
+    if h.count > 1:
+        head += f" (x{h.count})"
+    if h.live:
+        head += " [live: the racing work was still in flight]"
+    lines = [head, f"  {h.message}"]
+    for label, site_field, stream_field in _ROLES.get(h.kind, ()):
+        site = getattr(h, site_field, None)
+        if site is None:
+            if site_field == "alloc_site":
+                where = "(not seen: allocated before tracking began)"
+            elif site_field == "free_site":
+                continue
+            else:
+                where = "(unknown)"
+        else:
+            where = site
+        stream = getattr(h, stream_field, None) if stream_field else None
+        on = f" on {stream}" if stream else ""
+        code = _code_at(site)
+        lines.append(f"  {label + on + ':':<28} {where}" + (f"    {code}" if code else ""))
+    return lines
+
+
+def format_report(hazards: list[Hazard], diagnostics: int = 0) -> str:
+    """Readable text for ``hazards``: errors first, then advice."""
+    errors = [h for h in hazards if h.severity == "error"]
+    advice = [h for h in hazards if h.severity != "error"]
+    out = [f"esper-lifetimes: {len(errors)} error{'s' * (len(errors) != 1)}, {len(advice)} advice"]
+    for h in errors + advice:
+        out.append("")
+        out.extend(_hazard_lines(h))
+    if diagnostics:
+        out.append("")
+        out.append(f"({diagnostics} internal diagnostic(s): see Tracker.diagnostics)")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Public entry points
+
+
+def track(on_hazard: str = "raise", *, cpu: str | None = None) -> Tracker:
+    """Tracks the ``with`` block on the current thread: ``with track() as t: ...``.
+
+    ``on_hazard``: ``"raise"`` (:class:`LifetimeHazardError` at the first safe point,
+    at the latest on exit), ``"warn"`` (:class:`LifetimeHazardWarning`) or ``"collect"``.
+    ``cpu``: ``"device"`` (CPU tensors stand for device memory on virtual streams) or
+    ``"host"``; default ``"device"`` without a GPU, ``"host"`` with one.
+    """
+    return Tracker(on_hazard, cpu=cpu)
+
+
+_checked: Tracker | None = None
+_checked_lock = threading.Lock()
+
+
+def checked_tracker() -> Tracker:
+    """The tracker shared by every ``@checked`` call (created on first use)."""
+    global _checked
+    tr = _checked
+    if tr is None:
+        with _checked_lock:
+            tr = _checked
+            if tr is None:
+                tr = Tracker("raise")
+                tr._shared = True
+                tr._start()
+                tr._state = "shared"
+                _checked = tr
+    return tr
+
+
+def reset_checked() -> None:
+    """Forgets the shared ``@checked`` tracker and everything it watched."""
+    global _checked
+    with _checked_lock:
+        tr, _checked = _checked, None
+    if tr is not None:
+        tr._close()
+
+
+def _call_checked(f: Callable[..., Any], policy: int, args: tuple, kwargs: dict) -> Any:
+    if patches._tls.active:
+        return f(*args, **kwargs)  # this thread is already tracked
+    tr = checked_tracker()
+    tls = tr._tls
+    tls.policy = policy
+    try:
+        tr._attach()
+        try:
+            tr._safe_point()  # hazards found since the last call (late frees)
+            result = f(*args, **kwargs)
+        except BaseException as exc:
+            tr._detach()
+            tr._safe_point(exc=exc)
+            raise
+        tr._detach()
+        tr._safe_point()
+        return result
+    finally:
+        tls.policy = None
+
+
+def checked(fn: F | None = None, *, on_hazard: str = "raise") -> Any:
+    """Decorator: full tracking for the duration of each call.
+
+    Storages registered during a call stay watched until freed, also after the call
+    returns; hazards found later go through this policy at the next safe point (the next
+    ``@checked`` call). With tracking disabled the wrapper costs one attribute check.
+    """
+    policy = _policy(on_hazard)
+    cfg = _config
+
+    def deco(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not cfg.enabled:
+                return f(*args, **kwargs)
+            return _call_checked(f, policy, args, kwargs)
+
+        wrapper.__esper_checked__ = True  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    if fn is not None:
+        return deco(fn)
+    return deco

@@ -1,0 +1,224 @@
+"""Shared test set-up: the ``cuda`` skip, and the two backends scenario bodies run on.
+
+A scenario body is written once against ``B`` (a backend): ``B.Stream()``,
+``B.stream(s)``, ``B.randn(n)``, ``B.pin(t)``, ``B.to_host(t, nb)``, ... On the
+``virtual`` backend these are esper_lifetimes.virtual streams and CPU tensors; on the
+``cuda`` backend (marked ``cuda``, skipped without a GPU) they are torch.cuda streams and
+CUDA tensors, unchanged.
+
+Source lines are checked with tags: a line ending in ``# @use`` is the line tagged
+``use``; :func:`tag_of` maps a hazard's site back to its tag.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def _cuda_available() -> bool:
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+HAS_CUDA = _cuda_available()
+
+
+def _ignore_this_file() -> None:
+    # The backends below are helpers, not the scenario: sites skip them as they skip torch.
+    try:
+        from esper_lifetimes.sites import ignore_file
+    except ImportError:  # pragma: no cover - the engine is not built
+        return
+    ignore_file(__file__)
+
+
+_ignore_this_file()
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
+class VirtualBackend:
+    """Virtual streams; CPU tensors stand for device memory."""
+
+    name = "virtual"
+    device = "cpu"
+    live = True  # hazards over unsynchronized virtual work are known to be in flight
+
+    def __init__(self) -> None:
+        from esper_lifetimes import virtual
+
+        self.v = virtual
+        self.Event = virtual.Event
+        self.stream = virtual.stream
+        self.current_stream = virtual.current_stream
+        self.default_stream = virtual.default_stream
+        self.synchronize = virtual.synchronize
+
+    def Stream(self, name: str | None = None) -> Any:  # noqa: N802 - mirrors torch
+        return self.v.Stream(name=name)
+
+    def track(self, on_hazard: str = "collect") -> Any:
+        import esper_lifetimes
+
+        return esper_lifetimes.track(on_hazard, cpu="device")
+
+    def pin(self, t: Any) -> Any:
+        return self.v.pin_memory(t)
+
+    def to_host(self, t: Any, non_blocking: bool = False) -> Any:
+        return self.v.to_host(t, non_blocking)
+
+    def to_device(self, t: Any, non_blocking: bool = False) -> Any:
+        return self.v.to_device(t, non_blocking)
+
+    # factories on the device
+    def randn(self, *size: int) -> Any:
+        return torch.randn(*size)
+
+    def rand(self, *size: int) -> Any:
+        return torch.rand(*size)
+
+    def zeros(self, *size: int) -> Any:
+        return torch.zeros(*size)
+
+    def ones(self, *size: int) -> Any:
+        return torch.ones(*size)
+
+    def full(self, size: Any, value: float) -> Any:
+        return torch.full(size, value)
+
+    def empty(self, *size: int) -> Any:
+        return torch.empty(*size)
+
+
+class CudaBackend(VirtualBackend):
+    """torch.cuda streams and CUDA tensors."""
+
+    name = "cuda"
+    device = "cuda"
+    live = None  # a real stream's progress is unknown without a query
+
+    def __init__(self) -> None:
+        self.Event = torch.cuda.Event
+        self.stream = torch.cuda.stream
+        self.current_stream = torch.cuda.current_stream
+        self.default_stream = torch.cuda.default_stream
+        self.synchronize = torch.cuda.synchronize
+
+    def Stream(self, name: str | None = None) -> Any:  # noqa: N802
+        return torch.cuda.Stream()
+
+    def track(self, on_hazard: str = "collect") -> Any:
+        import esper_lifetimes
+
+        return esper_lifetimes.track(on_hazard, cpu="host")
+
+    def pin(self, t: Any) -> Any:
+        return t.pin_memory()
+
+    def to_host(self, t: Any, non_blocking: bool = False) -> Any:
+        return t.to("cpu", non_blocking=non_blocking)
+
+    def to_device(self, t: Any, non_blocking: bool = False) -> Any:
+        return t.to("cuda", non_blocking=non_blocking)
+
+    def randn(self, *size: int) -> Any:
+        return torch.randn(*size, device="cuda")
+
+    def rand(self, *size: int) -> Any:
+        return torch.rand(*size, device="cuda")
+
+    def zeros(self, *size: int) -> Any:
+        return torch.zeros(*size, device="cuda")
+
+    def ones(self, *size: int) -> Any:
+        return torch.ones(*size, device="cuda")
+
+    def full(self, size: Any, value: float) -> Any:
+        return torch.full(size, value, device="cuda")
+
+    def empty(self, *size: int) -> Any:
+        return torch.empty(*size, device="cuda")
+
+
+@pytest.fixture(
+    params=["virtual", pytest.param("cuda", marks=pytest.mark.cuda)],
+)
+def B(request: Any) -> Any:  # noqa: N802 - the scenario texts call it B
+    """The backend a scenario body runs on."""
+    return VirtualBackend() if request.param == "virtual" else CudaBackend()
+
+
+@pytest.fixture
+def V() -> VirtualBackend:  # noqa: N802
+    """The virtual backend only."""
+    return VirtualBackend()
+
+
+@pytest.fixture(autouse=True)
+def _tracking_enabled() -> Any:
+    """Every test starts with tracking enabled and no shared @checked state."""
+    try:
+        from esper_lifetimes import tracking
+    except ImportError:  # pragma: no cover - the engine is not built
+        yield
+        return
+    tracking.enable()
+    tracking.reset_checked()
+    yield
+    tracking.enable()
+    tracking.reset_checked()
+
+
+# ---------------------------------------------------------------------------------------
+# Source-line tags
+
+_TAG = re.compile(r"#\s*@([\w-]+)\s*$")
+_tag_cache: dict[str, dict[int, str]] = {}
+
+
+def _tags(path: str) -> dict[int, str]:
+    tags = _tag_cache.get(path)
+    if tags is None:
+        tags = {}
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                m = _TAG.search(line)
+                if m:
+                    tags[i] = m.group(1)
+        _tag_cache[path] = tags
+    return tags
+
+
+def tag_of(site: str | None) -> str | None:
+    """The tag of the line a site names (``"file.py:12"``), or the site itself when the
+    line has no tag; ``None`` for no site."""
+    if site is None:
+        return None
+    path, _, line = site.rpartition(":")
+    if not line.isdigit():
+        return site
+    full = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    if not os.path.exists(full):
+        return site
+    return _tags(full).get(int(line), site)
+
+
+def verdict(tracker: Any, severity: str = "error") -> list[tuple[str, str | None]]:
+    """Sorted ``(kind, tag of the offending use)`` of the tracker's hazards."""
+    return sorted((h.kind, tag_of(h.use_site)) for h in tracker.hazards if h.severity == severity)
