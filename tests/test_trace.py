@@ -39,6 +39,7 @@ SCENARIO: list[tuple[str, tuple]] = [
     ("alloc", (X, N, D, "train.py:15")),
     ("access", (X, N, S2, True, "train.py:16")),
     ("access", (X, N, D, False, "train.py:17")),
+    ("launch", (S, [X, N], [], "train.py:18")),
     ("event_record", (EV, S2)),
     ("event_wait", (EV, D)),
     ("event_query", (EV, False)),
@@ -65,6 +66,7 @@ NOT_EVENTS = {
     "stats",
     "replay",
     "_noop",
+    "_noop_launch",
 }
 
 
@@ -425,8 +427,10 @@ def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
             w.alloc(X, N, D, 3)
         with pytest.raises(tr.TraceError, match="argument 'ptr' must be an integer"):
             w.free("0x10")
-        with pytest.raises(tr.TraceError, match="unknown op 'launch'"):
-            w.write("launch", 1)
+        with pytest.raises(tr.TraceError, match="unknown op 'kernel'"):
+            w.write("kernel", 1)
+        with pytest.raises(tr.TraceError, match="pairs flattened"):
+            w.launch(D, [X], [])
         with pytest.raises(tr.TraceError, match="missing argument 'stream'"):
             w.write("alloc", X, N)
         with pytest.raises(tr.TraceError, match="unexpected argument"):

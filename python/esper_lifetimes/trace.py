@@ -49,6 +49,7 @@ _INT = "int"  # a pointer, size or handle: an int in the signed or unsigned 64-b
 _BOOL = "bool"
 _SITE = "site"  # None or a source-site string
 _NAME = "name"  # None or a string
+_RANGES = "ranges"  # a list of ints, (ptr, nbytes) pairs flattened
 
 _REQUIRED = object()
 
@@ -71,6 +72,12 @@ OPS: dict[str, tuple[tuple[str, str, Any], ...]] = {
         ("nbytes", _INT, _REQUIRED),
         ("stream", _INT, _REQUIRED),
         ("write", _BOOL, False),
+        ("site", _SITE, None),
+    ),
+    "launch": (
+        ("stream", _INT, _REQUIRED),
+        ("reads", _RANGES, _REQUIRED),
+        ("writes", _RANGES, _REQUIRED),
         ("site", _SITE, None),
     ),
     "record_stream": (("ptr", _INT, _REQUIRED), ("stream", _INT, _REQUIRED), ("site", _SITE, None)),
@@ -171,6 +178,15 @@ def _check_arg(op: str, name: str, kind: str, value: Any) -> str | None:
             return f"{op}: argument '{name}' must be an integer, got {_type_name(value)} {value!r}"
         if not _I64_MIN <= value <= _U64_MAX:
             return f"{op}: argument '{name}' = {value} is outside the 64-bit range"
+    elif kind == _RANGES:
+        if type(value) not in (list, tuple) or len(value) % 2:
+            return (
+                f"{op}: argument '{name}' must be a list of (ptr, nbytes) pairs flattened, "
+                f"got {_type_name(value)} {value!r}"
+            )
+        for v in value:
+            if type(v) is not int or not _I64_MIN <= v <= _U64_MAX:
+                return f"{op}: argument '{name}' holds {v!r}, not a 64-bit integer"
     elif kind == _BOOL:
         if type(value) is not bool:
             return (
@@ -431,6 +447,11 @@ class TraceWriter:
     ) -> None:
         self._emit("access", (ptr, nbytes, stream, write, site))
 
+    def launch(
+        self, stream: int, reads: Iterable[int], writes: Iterable[int], site: str | None = None
+    ) -> None:
+        self._emit("launch", (stream, list(reads), list(writes), site))
+
     def record_stream(self, ptr: int, stream: int, site: str | None = None) -> None:
         self._emit("record_stream", (ptr, stream, site))
 
@@ -578,6 +599,12 @@ class RecordingEngine:
         text = self._site(site)
         result = self.engine.access(ptr, nbytes, stream, write, site)
         self.writer.access(ptr, nbytes, stream, bool(write), text)
+        return result
+
+    def launch(self, stream: int, reads: Any, writes: Any, site: Any = None) -> Any:
+        text = self._site(site)
+        result = self.engine.launch(stream, reads, writes, site)
+        self.writer.launch(stream, list(reads), list(writes), text)
         return result
 
     def record_stream(self, ptr: int, stream: int, site: Any = None) -> Any:
