@@ -9,10 +9,9 @@ import os
 import subprocess
 import sys
 
+import esper_lifetimes as el
 import pytest
 import torch
-
-import esper_lifetimes as el
 from esper_lifetimes import modes, patches
 from esper_lifetimes import virtual as v
 
