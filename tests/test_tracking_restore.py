@@ -106,3 +106,21 @@ def test_virtual_stream_methods_outside_tracking_do_nothing_harmful():
     assert e.query() is True
     assert s.record_event() is not None
     assert not patches.installed()
+
+
+def test_a_region_that_yields_to_inner_ones_is_suspended_while_they_run():
+    """The pytest plugin's per-test region yields: a test's own region owns its events."""
+    s = virtual.Stream(name="s")
+    outer = esper_lifetimes.track("collect")
+    outer.yield_to_inner = True
+    with outer:
+        a = torch.rand(1024)
+        with esper_lifetimes.track("collect") as inner:
+            with virtual.stream(s):
+                b = a * 5
+        with virtual.stream(s):
+            c = a * 5
+    assert [h.kind for h in outer.errors] == ["unsynced-access"]
+    assert outer.errors[0].count == 1  # only the read made after the inner region
+    assert inner.errors == []
+    del b, c

@@ -88,6 +88,8 @@ class AlwaysOnTracker(Tracker):
         self.report_path = report
         # Storages first seen inside a window, allocated before it: not registered.
         self._adopt_unseen = mode == "full"
+        # A track() region or @checked call inside the run owns its own events.
+        self.yield_to_inner = True
         self._rng = random.Random(seed)
         self._window: _WindowMode | None = None
         self._thread = 0
@@ -151,6 +153,7 @@ class AlwaysOnTracker(Tracker):
         mode = _WindowMode(self, self.max_window_ops)
         mode.__enter__()
         self._window = mode
+        patches.set_mode(self, mode)
         self.windows_opened += 1
 
     def _close_window(self) -> None:
@@ -162,6 +165,7 @@ class AlwaysOnTracker(Tracker):
         if _get_current_dispatch_mode() is not mode:
             return  # another mode was entered inside the window: close at a later barrier
         self._window = None
+        patches.set_mode(self, None)
         mode.__exit__(None, None, None)
 
     def _barrier(self) -> None:

@@ -59,6 +59,14 @@ def active() -> list[Any]:
 
 
 def push(tracker: Any, mode: Any) -> None:
+    """Makes ``tracker`` the innermost on this thread. Every active tracker is fed the
+    thread's events, except one that *yields to inner regions* (``yield_to_inner``: the
+    pytest plugin's per-test region, the always-on tracker) while another sits above it:
+    a test's own ``track()`` region then owns its events, and its deliberate hazards do
+    not also fail the test."""
+    for t, m in zip(_tls.active, _tls.modes, strict=True):
+        if m is not None and t.yield_to_inner:
+            m.suspended += 1
     _tls.active.append(tracker)
     _tls.modes.append(mode)
 
@@ -69,8 +77,32 @@ def pop(tracker: Any) -> Any:
     for i in range(len(act) - 1, -1, -1):
         if act[i] is tracker:
             del act[i]
-            return _tls.modes.pop(i)
+            mode = _tls.modes.pop(i)
+            for t, m in zip(act[:i], _tls.modes[:i], strict=True):
+                if m is not None and t.yield_to_inner:
+                    m.suspended -= 1
+            return mode
     return None
+
+
+def set_mode(tracker: Any, mode: Any) -> None:
+    """Replaces the dispatch mode recorded for ``tracker`` on this thread (the always-on
+    tracker opens and closes windows), suspended if it yields to trackers above it."""
+    act = _tls.active
+    for i in range(len(act) - 1, -1, -1):
+        if act[i] is tracker:
+            if mode is not None and tracker.yield_to_inner:
+                mode.suspended = len(act) - 1 - i
+            _tls.modes[i] = mode
+            return
+
+
+def _targets(active: list[Any]) -> list[Any]:
+    """The trackers an event on this thread feeds (see :func:`push`)."""
+    if len(active) < 2:
+        return active
+    top = active[-1]
+    return [t for t in active if t is top or not t.yield_to_inner]
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -156,7 +188,7 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
             result = orig(*args, **kwargs)
         finally:
             st.depth -= 1
-        trackers = st.active
+        trackers = _targets(st.active)
         st.depth += 1
         try:
             feed(trackers, result, *args, **kwargs)
@@ -183,7 +215,7 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
             if st.active and not st.depth:
                 st.depth += 1
                 try:
-                    _feed(st.active, "on_record_stream", self, stream.handle)
+                    _feed(_targets(st.active), "on_record_stream", self, stream.handle)
                 finally:
                     st.depth -= 1
                 _safe_points(st.active)
@@ -193,7 +225,7 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
         st.depth += 1
         try:
             orig(self, stream)
-            _feed(st.active, "on_record_stream", self, _stream_handle(stream))
+            _feed(_targets(st.active), "on_record_stream", self, _stream_handle(stream))
         finally:
             st.depth -= 1
         _safe_points(st.active)

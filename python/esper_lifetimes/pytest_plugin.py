@@ -296,6 +296,8 @@ class _Region:
 
     def __init__(self, cm: Any) -> None:
         self._cm = cm
+        # The test's own track() regions own their events (and their deliberate hazards).
+        cm.yield_to_inner = True
         self.tracker = cm.__enter__()
         self._seen = 0
         self.closed = False

@@ -356,11 +356,12 @@ class _Mode(TorchDispatchMode):
     def __init__(self, tracker: Tracker) -> None:
         super().__init__()
         self.tracker = tracker
+        self.suspended = 0  # > 0 while an inner region owns the thread's events (patches.push)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
         if kwargs is None:
             kwargs = {}
-        if _dynamo_compiling():
+        if self.suspended or _dynamo_compiling():
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         plan = _PLANS.get(id(func))
@@ -498,6 +499,10 @@ class Tracker:
     Results: :attr:`hazards`, :attr:`errors`, :attr:`advice`, :meth:`report`,
     :attr:`diagnostics` (internal failures, normally empty), :attr:`engine`.
     """
+
+    # Suspended while another tracker is active above it on the same thread (the pytest
+    # plugin's per-test region and the always-on tracker set this; see patches.push).
+    yield_to_inner = False
 
     def __init__(self, on_hazard: str = "raise", *, cpu: str | None = None) -> None:
         self.policy = _policy(on_hazard)

@@ -87,7 +87,7 @@ def _feed(method: str, *args: Any) -> None:
     st = patches._tls
     st.depth += 1
     try:
-        for tr in tuple(trackers):
+        for tr in patches._targets(trackers):
             getattr(tr, method)(*args)
     finally:
         st.depth -= 1
@@ -419,3 +419,22 @@ def to_device(t: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
     out.copy_(t, non_blocking=non_blocking)
     return out
+
+
+# ``tensor.record_stream(virtual_stream)`` outside tracking (the program run untracked,
+# ``ESPER_LIFETIMES=off``, a test with the plugin off): a no-op, as a virtual stream has no
+# allocator behind it, rather than torch's "unknown parameter type". One isinstance check
+# per record_stream call, a rare op; tracking's own patch sits on top of this one.
+_torch_record_stream = torch.Tensor.record_stream
+
+
+def _record_stream(self: torch.Tensor, stream: Any) -> None:
+    if isinstance(stream, Stream):
+        return None
+    return _torch_record_stream(self, stream)
+
+
+_record_stream.__doc__ = _torch_record_stream.__doc__
+_record_stream.__wrapped__ = _torch_record_stream  # type: ignore[attr-defined]
+if not hasattr(torch.Tensor.record_stream, "__wrapped__"):
+    torch.Tensor.record_stream = _record_stream  # type: ignore[method-assign]
