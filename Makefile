@@ -39,7 +39,7 @@ rust-test:
 	cargo test -q
 
 py-test: build
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n 2
 
 test: lint rust-test py-test
 
