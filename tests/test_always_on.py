@@ -260,3 +260,33 @@ def test_hazard_after_disable_is_not_lost_before_it():
     kinds = [h.kind for h in tr.errors]
     assert kinds[:1] == ["unsynced-free"]
     assert tr.summary()["errors"] == len(kinds)
+
+
+def test_item_is_a_barrier_and_a_sync_of_the_current_stream():
+    orig_item = torch.Tensor.item
+    tr = el.enable(mode="always-on", sample=1.0, seed=0)
+    x = torch.randn(10)
+    for _ in range(5):
+        (x * 2).sum().item()
+    assert tr.barriers == 5 and tr.windows_opened == 5
+    el.disable()
+    assert torch.Tensor.item is orig_item
+
+
+def test_untracked_blocking_read_still_orders_later_frees():
+    """Outside windows a .item() on an untracked tensor still syncs the current stream:
+    a storage tracked earlier, used on that stream, is then freed safely."""
+    tr = el.enable(mode="always-on", sample=0.0)
+    s = v.Stream(name="side")
+    tr.sample = 1.0
+    v.synchronize()  # window opens
+    x = torch.randn(N)
+    s.wait_stream(v.default_stream())
+    with v.stream(s):
+        y = x * 2  # noqa: F841
+    tr.sample = 0.0
+    tr._close_window()
+    with v.stream(s):
+        torch.ones(1).item()  # untracked, on s: the host now waits for s
+    del x
+    assert tr.errors == [], tr.report()

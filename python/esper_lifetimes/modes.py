@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any
 
+import torch
+
 from esper_lifetimes import patches, tracking
 from esper_lifetimes.tracking import Tracker, _Mode
 
@@ -73,8 +75,9 @@ class AlwaysOnTracker(Tracker):
         report: str | None = None,
         max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
         cpu: str | None = None,
+        timeline: Any = None,
     ) -> None:
-        super().__init__(on_hazard="collect", cpu=cpu)
+        super().__init__(on_hazard="collect", cpu=cpu, timeline=timeline)
         if mode not in ("full", "always-on"):
             raise ValueError(f"mode must be 'full' or 'always-on', not {mode!r}")
         if not 0.0 <= sample <= 1.0:
@@ -109,6 +112,7 @@ class AlwaysOnTracker(Tracker):
         self._start()
         patches.install()
         patches.push(self, None)
+        _install_item_hook()
         self._thread = threading.get_ident()
         self._state = "active"
         self._started_at = time.monotonic()
@@ -123,6 +127,7 @@ class AlwaysOnTracker(Tracker):
             self._close_window()
             patches.pop(self)
             patches.uninstall()
+            _remove_item_hook()
         finally:
             self._state = "closed"
             self._safe_point()
@@ -198,6 +203,28 @@ class AlwaysOnTracker(Tracker):
 
     def on_host_read(self, t: Any, device_sync: bool = True) -> None:
         super().on_host_read(t, device_sync)
+        self._blocking_read(t)
+
+    def _blocking_read(self, t: Any) -> None:
+        """A blocking host read of ``t`` (``.item()``, ``tolist``, printing, ...). A read of
+        device memory synchronizes the *current* stream (SEMANTICS.md, fact 6), whether or
+        not ``t`` is tracked: outside windows most tensors are not, and a missed sync would
+        leave a later free looking uncovered. It is also a window barrier."""
+        try:
+            if t.is_cuda:
+                h = tracking._cuda_current(t.get_device())
+            elif (
+                t.is_cpu
+                and self._cpu_device
+                and id(t.untyped_storage()) not in tracking._host_marks
+            ):
+                h = tracking._vcurrent()
+            else:
+                return  # host memory: no stream synchronized, no barrier
+            self._eng.stream_synchronize(h)
+        except Exception as exc:
+            self._note(exc, "blocking read")
+            return
         self._barrier()
 
     # -- reporting ------------------------------------------------------------------------
@@ -234,6 +261,36 @@ class AlwaysOnTracker(Tracker):
 
 
 # ---------------------------------------------------------------------------------------
+# ``Tensor.item()`` dispatches ``_local_scalar_dense`` only to a dispatch mode, so outside
+# windows it is invisible; it is the one sync many loops have (``loss.item()``). While an
+# always-on tracker runs, a thin wrapper reports it (one thread-id and attribute check per
+# call when it is not the watched thread).
+
+_torch_item = torch.Tensor.item
+
+
+def _item(self: torch.Tensor) -> Any:
+    result = _torch_item(self)
+    run = _run
+    if run is not None and run._thread == threading.get_ident() and not patches._tls.depth:
+        run._blocking_read(self)
+    return result
+
+
+_item.__doc__ = _torch_item.__doc__
+_item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
+
+
+def _install_item_hook() -> None:
+    torch.Tensor.item = _item  # type: ignore[method-assign]
+
+
+def _remove_item_hook() -> None:
+    if torch.Tensor.item is _item:
+        torch.Tensor.item = _torch_item  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------
 # The switch
 
 _lock = threading.Lock()
@@ -247,6 +304,7 @@ def enable(
     seed: int | None = None,
     report: str | None = None,
     max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
+    timeline: Any = None,
 ) -> AlwaysOnTracker | None:
     """Switches tracking on.
 
@@ -255,7 +313,9 @@ def enable(
     always-on tracker on the calling thread for the rest of the run (or until
     :func:`disable`); ``mode="full"`` tracks every op instead. Returns the run's tracker
     (``None`` without a mode). Hazards are logged to the ``esper_lifetimes`` logger and,
-    with ``report=PATH``, appended to PATH as JSON Lines.
+    with ``report=PATH``, appended to PATH as JSON Lines. ``timeline`` (a
+    :class:`esper_lifetimes.reports.Timeline`) records the tracker's engine calls, for
+    the Chrome trace and HTML reports.
     """
     global _run
     if mode is not None and mode not in MODES:
@@ -267,7 +327,12 @@ def enable(
     if mode is None:
         return None
     tr = AlwaysOnTracker(
-        mode, sample=sample, seed=seed, report=report, max_window_ops=max_window_ops
+        mode,
+        sample=sample,
+        seed=seed,
+        report=report,
+        max_window_ops=max_window_ops,
+        timeline=timeline,
     )
     with _lock:
         if _run is not None:

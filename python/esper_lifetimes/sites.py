@@ -51,6 +51,13 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 
 _PREFIXES = _internal_prefixes()
+# The bundled examples (run by ``esper-lifetimes demo``) are user code inside the package.
+_EXAMPLES = tuple(
+    dict.fromkeys(
+        os.path.join(d, "examples") + os.sep
+        for d in (_dir_of(__file__), os.path.dirname(os.path.abspath(__file__)))
+    )
+)
 _getframe = sys._getframe
 _STDLIB_NAMES = frozenset(
     {
@@ -101,7 +108,7 @@ def is_internal_file(filename: str) -> bool:
         return filename.startswith("<frozen")
     real = filename if os.path.isabs(filename) else os.path.abspath(filename)
     if real.startswith(_PREFIXES):
-        return True
+        return not real.startswith(_EXAMPLES)
     if _extra and os.path.realpath(real) in _extra:
         return True
     if os.path.basename(real) in _STDLIB_NAMES and real.startswith(_STDLIB_DIR):
@@ -110,7 +117,7 @@ def is_internal_file(filename: str) -> bool:
         real = os.path.realpath(real)
     except OSError:  # pragma: no cover
         return False
-    return real.startswith(_PREFIXES)
+    return real.startswith(_PREFIXES) and not real.startswith(_EXAMPLES)
 
 
 def _classify(code: CodeType) -> bool:

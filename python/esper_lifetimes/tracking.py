@@ -504,7 +504,9 @@ class Tracker:
     # plugin's per-test region and the always-on tracker set this; see patches.push).
     yield_to_inner = False
 
-    def __init__(self, on_hazard: str = "raise", *, cpu: str | None = None) -> None:
+    def __init__(
+        self, on_hazard: str = "raise", *, cpu: str | None = None, timeline: Any = None
+    ) -> None:
         self.policy = _policy(on_hazard)
         if cpu is None:
             cpu = "host" if torch.cuda.is_available() else "device"
@@ -529,6 +531,9 @@ class Tracker:
         # Register a storage first seen as an input (allocated before tracking) on the
         # default stream. A tracker that sees only windows of a run sets it False.
         self._adopt_unseen = True
+        # A reports.Timeline that records every engine call (for the Chrome trace and the
+        # HTML report), or None: the engine is then used directly.
+        self.timeline = timeline
 
     # -- results ----------------------------------------------------------------------
 
@@ -595,7 +600,7 @@ class Tracker:
         return self._state == "active"
 
     def _start(self) -> None:
-        eng = Engine()
+        eng = Engine() if self.timeline is None else self.timeline.wrap(Engine())
         self._eng = eng
         self._sites = SiteTable(eng)
         self._site_ids = self._sites._ids
@@ -1173,14 +1178,14 @@ class Tracker:
     def on_record_stream(self, t: torch.Tensor, stream: int) -> None:
         try:
             self._name_if_cuda(stream)
-            site = self._sites.here(2)
             st = t.untyped_storage()
             key = id(st)
             ref = self._recs.get(key)
             if ref is None:
                 ref = self._new_ref(t, st, key, False, None, False)
             if ref is None or ref.kind == _HOST:
-                return
+                return  # untracked (always-on outside a window): no site walk
+            site = self._sites.here(2)
             if not ref.registered:
                 self._resync(st, ref, site, None)
             if ref.registered:
@@ -1325,15 +1330,17 @@ def format_report(hazards: list[Hazard], diagnostics: int = 0) -> str:
 # Public entry points
 
 
-def track(on_hazard: str = "raise", *, cpu: str | None = None) -> Tracker:
+def track(on_hazard: str = "raise", *, cpu: str | None = None, timeline: Any = None) -> Tracker:
     """Tracks the ``with`` block on the current thread: ``with track() as t: ...``.
 
     ``on_hazard``: ``"raise"`` (:class:`LifetimeHazardError` at the first safe point,
     at the latest on exit), ``"warn"`` (:class:`LifetimeHazardWarning`) or ``"collect"``.
     ``cpu``: ``"device"`` (CPU tensors stand for device memory on virtual streams) or
     ``"host"``; default ``"device"`` without a GPU, ``"host"`` with one.
+    ``timeline``: a :class:`esper_lifetimes.reports.Timeline` that records the region's
+    engine calls, for ``reports.write_all`` (give it ``max_events`` to bound its memory).
     """
-    return Tracker(on_hazard, cpu=cpu)
+    return Tracker(on_hazard, cpu=cpu, timeline=timeline)
 
 
 _checked: Tracker | None = None

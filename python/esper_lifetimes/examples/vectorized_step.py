@@ -15,11 +15,16 @@ hand-off of the cloned slices is safe. Two ``record_stream`` calls are redundant
     python examples/vectorized_step.py            # the step as shipped, then corrected
     python examples/vectorized_step.py --buggy    # only the step as shipped
     python examples/vectorized_step.py --fixed    # only the corrected step
+    esper-lifetimes demo                          # the step as shipped, its report
 
 It runs on CUDA streams when a GPU is present and on esper_lifetimes' virtual streams
 (CPU tensors standing for device memory) otherwise; ``--virtual`` forces the latter.
 The exit status is 0 when the shipped step shows its hazards and the corrected one
 comes out clean.
+
+The code lives in the package (``esper_lifetimes.examples.vectorized_step``) so that
+``esper-lifetimes demo`` runs it from an installed copy; ``examples/vectorized_step.py``
+in the repository runs this module.
 """
 
 from __future__ import annotations
@@ -27,16 +32,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-
-import esper_lifetimes  # noqa: E402
-from esper_lifetimes import virtual  # noqa: E402
+import esper_lifetimes
+from esper_lifetimes import virtual
 
 N_ENVS = 3
 WIDTH = 256
@@ -66,8 +68,9 @@ class Backend:
     def synchronize(self) -> None:
         self.api.synchronize()
 
-    def track(self) -> esper_lifetimes.Tracker:
-        return esper_lifetimes.track("collect", cpu="host" if self.cuda else "device")
+    def track(self, timeline: Any = None) -> esper_lifetimes.Tracker:
+        cpu = "host" if self.cuda else "device"
+        return esper_lifetimes.track("collect", cpu=cpu, timeline=timeline)
 
 
 @dataclass
@@ -181,12 +184,14 @@ def validation_pass_fixed(envs: list[Env], obs: torch.Tensor, B: Backend) -> lis
 # Running and explaining
 
 
-def run(B: Backend, fixed: bool) -> esper_lifetimes.Tracker:
+def run(B: Backend, fixed: bool, timeline: Any = None) -> esper_lifetimes.Tracker:
+    """Runs one step and its validation pass under a tracker; returns the tracker.
+    ``timeline`` (an ``esper_lifetimes.reports.Timeline``) records its engine calls."""
     envs = make_envs(B)
     obs = torch.randn(64, WIDTH, device=B.device)
     step = train_step_fixed if fixed else train_step
     validate = validation_pass_fixed if fixed else validation_pass
-    with B.track() as tracker:
+    with B.track(timeline) as tracker:
         losses = step(envs, B)
         scores = validate(envs, obs, B)  # ends with a synchronize
         total = torch.stack(losses).sum().item()
@@ -202,19 +207,16 @@ _HANDOFFS = (
 )
 
 
-def explain(tracker: esper_lifetimes.Tracker, title: str, fixed: bool) -> None:
-    print(f"=== {title} ===")
-    print(tracker.report())
+def verdict(tracker: esper_lifetimes.Tracker, fixed: bool) -> list[str]:
+    """What the report means, as lines: the real hazards, the redundant calls, and the
+    hand-offs that were found safe."""
     errors, advice = tracker.errors, tracker.advice
-    print()
-    print(f"Real hazards: {len(errors)}")
-    for h in errors:
-        print(f"  - {h.kind} at {h.use_site} (freed at {h.free_site})")
-    print(f"Redundant record_stream calls: {len(advice)}")
-    for h in advice:
-        print(f"  - {h.use_site}")
+    out = [f"Real hazards: {len(errors)}"]
+    out += [f"  - {h.kind} at {h.use_site} (freed at {h.free_site})" for h in errors]
+    out.append(f"Redundant record_stream calls: {len(advice)}")
+    out += [f"  - {h.use_site}" for h in advice]
     named = {s for h in tracker.hazards for s in (h.use_site, h.other_site, h.free_site) if s}
-    print("Safe:")
+    out.append("Safe:")
     step = train_step_fixed if fixed else train_step
     lines, first = inspect.getsourcelines(step)
     here = os.path.basename(__file__)
@@ -222,9 +224,25 @@ def explain(tracker: esper_lifetimes.Tracker, title: str, fixed: bool) -> None:
         for i, line in enumerate(lines, first):
             if line.strip().startswith(needle):
                 if not any(s.endswith(f"{here}:{i}") for s in named):
-                    print(f"  - {what} ({here}:{i}): no hazard")
+                    out.append(f"  - {what} ({here}:{i}): no hazard")
     if tracker.diagnostics:
-        print("Diagnostics:", tracker.diagnostics)
+        out.append(f"Diagnostics: {tracker.diagnostics}")
+    return out
+
+
+def as_expected(tracker: esper_lifetimes.Tracker, fixed: bool) -> bool:
+    """The shipped step shows its hazard and its two redundant calls; the fixed one none."""
+    if fixed:
+        return not tracker.hazards
+    kinds = {h.kind for h in tracker.errors}
+    return "unsynced-free" in kinds and len(tracker.advice) == 2
+
+
+def explain(tracker: esper_lifetimes.Tracker, title: str, fixed: bool) -> None:
+    print(f"=== {title} ===")
+    print(tracker.report())
+    print()
+    print("\n".join(verdict(tracker, fixed)))
     print()
 
 
@@ -240,13 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.fixed:
         t = run(B, fixed=False)
         explain(t, f"The step as shipped, on {where}", fixed=False)
-        kinds = {h.kind for h in t.errors}
-        ok &= "unsynced-free" in kinds and len(t.advice) == 2
+        ok &= as_expected(t, fixed=False)
     if not args.buggy:
         t = run(B, fixed=True)
         explain(t, f"The corrected step, on {where}", fixed=True)
         print("clean." if not t.hazards else "NOT clean.")
-        ok &= not t.hazards
+        ok &= as_expected(t, fixed=True)
     return 0 if ok else 1
 
 
