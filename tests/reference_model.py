@@ -258,7 +258,11 @@ class ReferenceModel:
                     f"allocation {ptr:#x}+{nbytes} overlaps live storage {st.base:#x}"
                 )
         self._stream(stream)
-        hit = [t for t in self.tombstones if _overlaps(ptr, nbytes, t.base, t.nbytes)]
+        # several freed ranges under one allocation: reported in address order
+        hit = sorted(
+            (t for t in self.tombstones if _overlaps(ptr, nbytes, t.base, t.nbytes)),
+            key=lambda t: t.base,
+        )
         for t in hit:
             for u_stream, u, use_site in t.uses:
                 if self._ordered(u_stream, u, stream):
