@@ -222,3 +222,12 @@ def tag_of(site: str | None) -> str | None:
 def verdict(tracker: Any, severity: str = "error") -> list[tuple[str, str | None]]:
     """Sorted ``(kind, tag of the offending use)`` of the tracker's hazards."""
     return sorted((h.kind, tag_of(h.use_site)) for h in tracker.hazards if h.severity == severity)
+
+
+# CI replays the same hypothesis examples on every run (a red CI must be reproducible);
+# local runs explore new ones.
+if os.environ.get("CI"):
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hyp_settings.load_profile("ci")
