@@ -114,22 +114,31 @@ type Ranges = SmallVec<[(u64, u64); 8]>;
 
 /// A flat sequence `[ptr0, nbytes0, ptr1, nbytes1, ...]` (tuple or list) as ranges.
 fn ranges_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ranges> {
-    let mut out = Ranges::new();
-    let mut push_pairs = |items: &mut dyn Iterator<Item = Bound<'_, PyAny>>, n: usize| {
-        if !n.is_multiple_of(2) {
-            return Err(InvalidArgumentError::new_err(format!(
-                "{what} must hold (ptr, nbytes) pairs flattened, got {n} items"
-            )));
-        }
-        while let (Some(p), Some(n)) = (items.next(), items.next()) {
-            out.push((ptr_arg(&p, "ptr")?, size_arg(&n)?));
-        }
-        Ok(())
+    let odd = |n: usize| {
+        InvalidArgumentError::new_err(format!(
+            "{what} must hold (ptr, nbytes) pairs flattened, got {n} items"
+        ))
     };
+    let mut out = Ranges::new();
     if let Ok(t) = obj.cast::<PyTuple>() {
-        push_pairs(&mut t.iter(), t.len())?;
+        // borrowed items: no reference counting per int on the hot path
+        let n = t.len();
+        if !n.is_multiple_of(2) {
+            return Err(odd(n));
+        }
+        for i in (0..n).step_by(2) {
+            let (p, b) = (t.get_borrowed_item(i)?, t.get_borrowed_item(i + 1)?);
+            out.push((ptr_arg(&p, "ptr")?, size_arg(&b)?));
+        }
     } else if let Ok(l) = obj.cast::<PyList>() {
-        push_pairs(&mut l.iter(), l.len())?;
+        let n = l.len();
+        if !n.is_multiple_of(2) {
+            return Err(odd(n));
+        }
+        for i in (0..n).step_by(2) {
+            let (p, b) = (l.get_item(i)?, l.get_item(i + 1)?);
+            out.push((ptr_arg(&p, "ptr")?, size_arg(&b)?));
+        }
     } else {
         return Err(InvalidArgumentError::new_err(format!(
             "{what} must be a tuple or list of ints, got {}",
