@@ -222,10 +222,10 @@ pub struct Engine {
     last_stream: (Handle, u32),
     events: MixMap<Handle, Event>,
     host: Clock,
-    slots: Vec<Option<Storage>>,
-    free_slots: Vec<u32>,
-    by_base: MixMap<u64, u32>,
-    by_addr: BTreeMap<u64, u32>,
+    /// Live storages by base pointer (the hot path: one hash probe reaches the state).
+    storages: MixMap<u64, Storage>,
+    /// Base -> end of every live storage, for interior pointers and overlap checks.
+    by_addr: BTreeMap<u64, u64>,
     tombs: BTreeMap<u64, Tomb>,
     tomb_prune_at: usize,
     tombs_dropped: u64,
@@ -253,9 +253,7 @@ impl Engine {
             last_stream: (Handle::MIN, 0),
             events: MixMap::default(),
             host: Clock::default(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
-            by_base: MixMap::default(),
+            storages: MixMap::default(),
             by_addr: BTreeMap::new(),
             tombs: BTreeMap::new(),
             tomb_prune_at: 1024,
@@ -456,31 +454,34 @@ impl Engine {
         }
     }
 
-    /// The slot of the live storage containing `ptr`, if any.
+    /// The base pointer of the live storage containing `ptr`, if any.
     #[inline]
-    fn find(&self, ptr: u64) -> Option<u32> {
-        if let Some(&slot) = self.by_base.get(&ptr) {
-            return Some(slot);
+    fn find(&self, ptr: u64) -> Option<u64> {
+        if self.storages.contains_key(&ptr) {
+            return Some(ptr);
         }
-        let (_, &slot) = self.by_addr.range(..=ptr).next_back()?;
-        let st = self.slots[slot as usize].as_ref().expect("live slot");
-        (ptr < st.base + st.nbytes).then_some(slot)
+        let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
+        (ptr < end).then_some(base)
+    }
+
+    #[inline]
+    fn storage(&self, base: u64) -> &Storage {
+        self.storages.get(&base).expect("live storage")
     }
 
     pub fn storage_at(&self, ptr: u64) -> Option<(u64, u64, Handle)> {
-        let st = self.slots[self.find(ptr)? as usize].as_ref()?;
+        let st = self.storage(self.find(ptr)?);
         Some((st.base, st.nbytes, self.stream_handle(st.alloc_stream)))
     }
 
     pub fn alloc(&mut self, ptr: u64, nbytes: u64, stream: Handle, site: SiteId) -> Result<()> {
         let end = Self::check_size(nbytes, ptr)?;
-        if let Some((&base, &slot)) = self.by_addr.range(..end).next_back() {
-            let st = self.slots[slot as usize].as_ref().expect("live slot");
-            if base + st.nbytes > ptr {
+        if let Some((&base, &bend)) = self.by_addr.range(..end).next_back() {
+            if bend > ptr {
                 return unknown(format!(
                     "alloc of {ptr:#x} ({nbytes} bytes) overlaps the live storage at {base:#x} \
                      ({} bytes): free it first",
-                    st.nbytes
+                    bend - base
                 ));
             }
         }
@@ -496,18 +497,8 @@ impl Engine {
             uses: SmallVec::new(),
             shadow: Shadow::new(nbytes),
         };
-        let slot = match self.free_slots.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(storage);
-                i
-            }
-            None => {
-                self.slots.push(Some(storage));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.by_base.insert(ptr, slot);
-        self.by_addr.insert(ptr, slot);
+        self.storages.insert(ptr, storage);
+        self.by_addr.insert(ptr, end);
         Ok(())
     }
 
@@ -564,8 +555,8 @@ impl Engine {
         let mut conflicts = std::mem::take(&mut self.scratch);
         conflicts.clear();
         {
-            let (slots, streams, host) = (&mut self.slots, &self.streams, &self.host);
-            let st = slots[slot as usize].as_mut().expect("live slot");
+            let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
+            let st = storages.get_mut(&slot).expect("live storage");
             let clock = &streams[s as usize].clock;
             st.shadow.access(
                 ptr - base,
@@ -590,7 +581,7 @@ impl Engine {
             }
         }
         if !conflicts.is_empty() {
-            let st = self.slots[slot as usize].as_ref().expect("live slot");
+            let st = self.storage(slot);
             let (alloc_stream, alloc_site) = (st.alloc_stream, st.alloc_site);
             for prior in &conflicts {
                 let mut h = Hazard::new(Kind::UnsyncedAccess, base, len);
@@ -632,14 +623,14 @@ impl Engine {
 
     /// The slot and storage range of a valid access, or the error `access` would give.
     #[inline]
-    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u32, u64, u64, u64)> {
+    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u64, u64, u64, u64)> {
         let end = Self::check_size(nbytes, ptr)?;
         let Some(slot) = self.find(ptr) else {
             return unknown(format!(
                 "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
             ));
         };
-        let st = self.slots[slot as usize].as_ref().expect("live slot");
+        let st = self.storage(slot);
         let (base, len) = (st.base, st.nbytes);
         if end > base + len {
             return unknown(format!(
@@ -658,7 +649,7 @@ impl Engine {
         };
         self.processed += 1;
         let s = self.stream(stream);
-        let st = self.slots[slot as usize].as_mut().expect("live slot");
+        let st = self.storages.get_mut(&slot).expect("live storage");
         let redundant = s == st.alloc_stream || st.recorded.iter().any(|&(r, _)| r == s);
         if !redundant {
             st.recorded.push((s, site));
@@ -674,23 +665,16 @@ impl Engine {
     }
 
     pub fn free(&mut self, ptr: u64, site: SiteId) -> Result<()> {
-        let Some(&slot) = self.by_base.get(&ptr) else {
+        let Some(st) = self.storages.remove(&ptr) else {
             return match self.find(ptr) {
-                Some(slot) => {
-                    let st = self.slots[slot as usize].as_ref().expect("live slot");
-                    unknown(format!(
-                        "free of {ptr:#x}, an interior pointer of the storage at {:#x}: \
-                         free takes the base pointer",
-                        st.base
-                    ))
-                }
+                Some(base) => unknown(format!(
+                    "free of {ptr:#x}, an interior pointer of the storage at {base:#x}: \
+                     free takes the base pointer"
+                )),
                 None => unknown(format!("free of {ptr:#x}, which is no live storage")),
             };
         };
         self.processed += 1;
-        let st = self.slots[slot as usize].take().expect("live slot");
-        self.free_slots.push(slot);
-        self.by_base.remove(&ptr);
         self.by_addr.remove(&ptr);
         let a = st.alloc_stream;
         let covered = |e: &Engine, u: &Use| {
@@ -1029,7 +1013,7 @@ impl Engine {
 
     pub fn stats(&self) -> Stats {
         Stats {
-            live_storages: self.by_base.len(),
+            live_storages: self.storages.len(),
             freed_tracked: self.tombs.len(),
             freed_dropped: self.tombs_dropped,
             pending_host_copies: self.copies.len(),
