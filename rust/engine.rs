@@ -543,7 +543,7 @@ impl Engine {
         write: bool,
         site: SiteId,
     ) -> Result<()> {
-        let (slot, base, len, end) = self.check_access(ptr, nbytes)?;
+        let (base, len, end) = self.check_access(ptr, nbytes)?;
         self.processed += 1;
         let s = self.stream(stream);
         let pos = self.enqueue(s);
@@ -556,7 +556,7 @@ impl Engine {
         conflicts.clear();
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
-            let st = storages.get_mut(&slot).expect("live storage");
+            let st = storages.get_mut(&base).expect("live storage");
             let clock = &streams[s as usize].clock;
             st.shadow.access(
                 ptr - base,
@@ -581,7 +581,7 @@ impl Engine {
             }
         }
         if !conflicts.is_empty() {
-            let st = self.storage(slot);
+            let st = self.storage(base);
             let (alloc_stream, alloc_site) = (st.alloc_stream, st.alloc_site);
             for prior in &conflicts {
                 let mut h = Hazard::new(Kind::UnsyncedAccess, base, len);
@@ -621,35 +621,34 @@ impl Engine {
         Ok(())
     }
 
-    /// The slot and storage range of a valid access, or the error `access` would give.
+    /// The storage (base, length) and end of a valid access, or the error `access` would give.
     #[inline]
-    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u64, u64, u64, u64)> {
+    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u64, u64, u64)> {
         let end = Self::check_size(nbytes, ptr)?;
-        let Some(slot) = self.find(ptr) else {
+        let Some(base) = self.find(ptr) else {
             return unknown(format!(
                 "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
             ));
         };
-        let st = self.storage(slot);
-        let (base, len) = (st.base, st.nbytes);
+        let len = self.storage(base).nbytes;
         if end > base + len {
             return unknown(format!(
                 "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
                  {base:#x} ({len} bytes)"
             ));
         }
-        Ok((slot, base, len, end))
+        Ok((base, len, end))
     }
 
     pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {
-        let Some(slot) = self.find(ptr) else {
+        let Some(base) = self.find(ptr) else {
             return unknown(format!(
                 "record_stream on {ptr:#x}, which is inside no live storage"
             ));
         };
         self.processed += 1;
         let s = self.stream(stream);
-        let st = self.storages.get_mut(&slot).expect("live storage");
+        let st = self.storages.get_mut(&base).expect("live storage");
         let redundant = s == st.alloc_stream || st.recorded.iter().any(|&(r, _)| r == s);
         if !redundant {
             st.recorded.push((s, site));
