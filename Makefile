@@ -25,8 +25,8 @@ build: setup
 	$(VPY) -m maturin develop --release -q
 
 demo: build
-	$(VPY) -m esper_lifetimes demo
-	$(VPY) examples/vectorized_step.py
+	$(VPY) -m esper_lifetimes demo --report target/demo-report
+	$(VPY) -m esper_lifetimes demo --trace
 
 lint: setup
 	cargo fmt --all -- --check

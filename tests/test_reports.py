@@ -292,6 +292,39 @@ def test_rejected_events_are_skipped_and_listed():
     assert len(a.storages) == 1
 
 
+def test_a_tracker_records_its_engine_calls_on_a_timeline():
+    import torch
+    from esper_lifetimes import track, virtual
+
+    tl = Timeline(max_events=10_000)
+    side = virtual.Stream(name="side")
+    with track("collect", cpu="device", timeline=tl) as t:
+        x = torch.ones(256)  # @alloc
+        side.wait_stream(virtual.current_stream())
+        with virtual.stream(side):
+            y = x * 2  # @use
+        del x  # @free
+    del y
+    assert t.timeline is tl and len(tl) > 0 and tl.dropped == 0
+    assert all(ev.t_ns is not None for ev in tl)  # recorded live: wall-clock timestamps
+    ops_seen = {ev.op for ev in tl}
+    assert {"define_stream", "alloc", "access", "stream_wait", "free"} <= ops_seen
+    (h,) = t.hazards
+    a = analyze(tl, t.hazards)  # the replay finds the tracker's hazard, at the free
+    assert a.hazards[0].opened_seq is not None
+    assert tl[a.hazards[0].opened_seq].op == "free"
+    assert a.hazards[0].fields["use_site"] == h.use_site and h.use_site.endswith(
+        f"test_reports.py:{_line_of('# @use')}"
+    )
+    assert [s.name for s in a.streams.values()][:2] == ["default", "side"]
+
+
+def _line_of(tag: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        (n,) = [i for i, line in enumerate(f, 1) if line.rstrip().endswith(tag)]
+    return n
+
+
 # --------------------------------------------------------------------------------------
 # Text
 # --------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The main job's example (examples/vectorized_step.py): the step as shipped shows the
+"""The main job's example (esper_lifetimes/examples/vectorized_step.py, run by
+examples/vectorized_step.py and `esper-lifetimes demo`): the step as shipped shows the
 real hazard and the redundant record_stream calls; the corrected step is clean."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -16,14 +17,7 @@ PATH = os.path.join(ROOT, "examples", "vectorized_step.py")
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("vectorized_step", PATH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["vectorized_step"] = mod  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop("vectorized_step", None)
+    return importlib.import_module("esper_lifetimes.examples.vectorized_step")
 
 
 def _line(mod, fn, needle):

@@ -35,11 +35,6 @@ Find CUDA stream lifetime hazards in PyTorch programs: a storage freed while ano
 stream may still use it, its block reused under that use, unordered accesses from two
 streams, host reads of copies still in flight, redundant record_stream calls.
 
-commands:
-  run      run a Python script under the tracker and report what it found
-  replay   replay a recorded trace file (docs/TRACE-FORMAT.md) and report
-  demo     run the bundled multi-stream training-step example and report
-
 The report goes to stderr: hazards grouped by kind, with counts, the streams involved and
 the source lines. --report DIR also writes report.txt, report.json (schema
 esper-lifetimes-report v1), trace.json (Chrome trace: ui.perfetto.dev, chrome://tracing)
@@ -112,8 +107,9 @@ needed). The report goes to stderr, what it means to stdout.
 
 The step holds a real hazard: the validation pass rebinds a per-environment tensor
 before the synchronize that ends the pass, freeing a block an environment stream may
-still be reading (unsynced-free), which the allocator hands out again (reuse-race). Two
-record_stream calls are redundant (advice). The corrected step is then run: clean.
+still be reading (unsynced-free; a reuse-race too when the allocator hands that block
+out again). Two record_stream calls are redundant (advice). The corrected step is then
+run: clean.
 
 With --trace, replay the bundled trace of a training step on four environment streams
 instead (esper_lifetimes/data/training_step.jsonl, written by
@@ -201,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
+        usage="%(prog)s [-h] [--mode {full,always-on}] [--sample P] [--report DIR]\n"
+        "       [--max-events N] [--fail-on {error,advice,never}] SCRIPT [ARGS ...]",
         help="run a Python script under the tracker and report the hazards found",
         description=_RUN_DESCRIPTION,
         epilog=_RUN_EPILOG,
@@ -225,15 +223,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_EVENTS,
         metavar="N",
-        help=f"with --report: engine calls kept for the timeline (default {DEFAULT_MAX_EVENTS:,}); "
-        "later ones are counted, not kept, and hazards they open are listed without a "
-        "place on the timeline",
+        help="with --report: engine calls kept for the timeline "
+        f"(default {DEFAULT_MAX_EVENTS:,}); later ones are counted, not kept, and hazards "
+        "they open are listed without a place on the timeline",
     )
     run.add_argument("--fail-on", choices=FAIL_ON, default="error", help=_FAIL_ON_HELP)
     # One REMAINDER positional: everything from SCRIPT on belongs to the script (its own
     # options included); argparse would call a separate ARGS positional required.
     run.add_argument(
-        "command",
+        "script_argv",
         metavar="SCRIPT [ARGS ...]",
         nargs=argparse.REMAINDER,
         help="the Python file to run and its arguments (all that follows SCRIPT goes to it)",
@@ -308,26 +306,28 @@ def _report(
     *,
     meta: dict[str, Any] | None = None,
     title: str | None = None,
+    sources: dict[str, str] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Prints the report (text on ``err``, or ``--json`` on ``out``) and writes
     ``--report DIR``. ``timeline``: a Timeline, an Analysis or None; ``hazards=None``:
     the hazards of its replay. Returns the hazards as dicts, None when writing failed."""
     from esper_lifetimes import reports
 
+    # Replayed once: the writers take the Analysis (which carries the hazards) as is.
     analysis = reports.analyze(timeline, hazards) if timeline is not None else None
     if analysis is not None:
-        hs = [h.fields for h in analysis.hazards]
+        hs, given = [h.fields for h in analysis.hazards], None
     else:
-        hs = [reports.hazard_dict(h) for h in hazards or ()]
+        hs = given = [reports.hazard_dict(h) for h in hazards or ()]
     out.flush()
     if getattr(args, "json", False):
-        reports.write_json(out, None if analysis is not None else hs, analysis, meta)
+        reports.write_json(out, given, analysis, meta, sources=sources)
     else:
-        reports.write_text(hs, err, timeline=analysis)
+        reports.write_text(hs, err, timeline=analysis, sources=sources)
     if args.report:
         try:
             paths = reports.write_all(
-                args.report, None if analysis is not None else hs, analysis, meta=meta, title=title
+                args.report, given, analysis, meta=meta, title=title, sources=sources
             )
         except OSError as exc:
             _error(err, f"cannot write the reports to {args.report!r}: {exc}")
@@ -402,11 +402,12 @@ def _run_script(script: str, argv: Sequence[str], err: TextIO) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    if args.command[:1] == ["--"]:
-        del args.command[0]
-    if not args.command:
+    argv = args.script_argv
+    if argv[:1] == ["--"]:
+        del argv[0]
+    if not argv:
         args.parser.error("the following arguments are required: SCRIPT")
-    script, script_args = args.command[0], args.command[1:]
+    script, script_args = argv[0], argv[1:]
     if args.sample is not None and args.mode != "always-on":
         return _error(err, "--sample applies to --mode always-on only")
     if not os.path.isfile(script):
@@ -551,23 +552,33 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(_DEMO_INTRO + "\n")
     backend = ex.Backend(cuda=False)
     timeline = reports.Timeline(max_events=DEFAULT_MAX_EVENTS) if args.report else None
-    shipped = ex.run(backend, fixed=False, timeline=timeline)
+    # Sites are paths relative to the working directory: run in the example's directory
+    # so that they read "vectorized_step.py:LINE" wherever the package is installed.
+    name = os.path.basename(ex.__file__)
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(ex.__file__)))
+    try:
+        shipped = ex.run(backend, fixed=False, timeline=timeline)
+        fixed = ex.run(backend, fixed=True)
+        verdict = ex.verdict(shipped, fixed=False)
+        with open(name, encoding="utf-8") as f:
+            sources = {name: f.read()}
+    finally:
+        os.chdir(here)
     meta = {
-        "program": ex.__file__,
+        "program": ex.__name__.replace(".", "/") + ".py",
         "command": ["esper-lifetimes", "demo"],
         "description": "one vectorized training step of 3 environments on their own "
-        "streams, then a fused validation pass (virtual streams)",
+        "streams, then a fused validation pass, on virtual streams",
     }
     title = "esper-lifetimes demo: a vectorized training step on 3 environment streams"
-    hs = _report(shipped.hazards, timeline, args, out, err, meta=meta, title=title)
+    hs = _report(shipped.hazards, timeline, args, out, err, meta=meta, title=title, sources=sources)
     if hs is None:
         return EXIT_BAD_INPUT
-    fixed = ex.run(backend, fixed=True)
     if not args.json:
-        out.write("\n" + "\n".join(ex.verdict(shipped, fixed=False)) + "\n" + _DEMO_OUTRO)
-        found = "no hazards" if not fixed.hazards else f"{len(fixed.hazards)} hazard(s)"
-        out.write(f"The corrected step ({ex.__name__}.train_step_fixed, ")
-        out.write(f"validation_pass_fixed): {found}.\n")
+        out.write("\n" + "\n".join(verdict) + "\n" + _DEMO_OUTRO)
+        found = "no hazards found" if not fixed.hazards else f"{len(fixed.hazards)} hazard(s)"
+        out.write(f"The corrected step (train_step_fixed, validation_pass_fixed): {found}.\n")
     ok = ex.as_expected(shipped, fixed=False) and ex.as_expected(fixed, fixed=True)
     return EXIT_OK if ok else EXIT_HAZARDS
 
