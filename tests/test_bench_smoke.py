@@ -39,3 +39,16 @@ def test_bench_quick_prints_the_ratio_lines(tmp_path):
     results = json.loads(out.read_text())
     assert results["ratios"]["bulk_events_per_second"] > 0
     assert results["ratios"]["calls_large_vs_small_live"] > 0
+
+
+def test_bench_hooks_prints_untracked_and_always_on_costs():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_hooks.py"), "--number", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["record_stream", "wait_stream", "stream_synchronize", "item"]
+    assert all(len(r) == 4 and r[1].endswith("us") for r in rows)
