@@ -116,7 +116,9 @@ class AlwaysOnTracker(Tracker):
         self._thread = threading.get_ident()
         self._state = "active"
         self._started_at = time.monotonic()
-        if self.mode == "full":
+        # The start is the first window boundary: the ops before the first sync are
+        # sampled like any other stretch between barriers.
+        if self.mode == "full" or self._rng.random() < self.sample:
             self._open_window()
         return self
 
