@@ -252,6 +252,9 @@ fn many_freed_ranges_stay_bounded_once_synced() {
     assert!(e.stats().freed_tracked <= 2048, "{:?}", e.stats());
 }
 
+/// A development probe, not a check: `cargo test --release timing_million_live --
+/// --ignored --nocapture` prints the per-access cost with 1k and 1M live storages (the
+/// benchmark with its ratios is benchmarks/bench_engine.py).
 #[test]
 #[ignore]
 fn timing_million_live() {
