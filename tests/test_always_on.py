@@ -290,3 +290,21 @@ def test_untracked_blocking_read_still_orders_later_frees():
         torch.ones(1).item()  # untracked, on s: the host now waits for s
     del x
     assert tr.errors == [], tr.report()
+
+
+def test_a_region_inside_the_run_owns_its_events_and_the_mode_stack_stays_sound():
+    tr = el.enable(mode="always-on", sample=1.0, seed=0)
+    s = v.Stream(name="side")
+    depth = torch._C._len_torch_dispatch_stack()
+    with el.track(on_hazard="collect") as inner:
+        x = torch.randn(N)
+        s.wait_stream(v.default_stream())
+        with v.stream(s):
+            y = x * 2  # noqa: F841
+        x.sum().item()  # a barrier for the run, but the region owns the thread
+        v.synchronize()
+        del x
+    assert torch._C._len_torch_dispatch_stack() == depth
+    assert tr.barriers == 0
+    assert inner.errors == [], inner.report()  # the synchronize covered the read
+    assert tr.errors == []

@@ -179,6 +179,9 @@ class AlwaysOnTracker(Tracker):
         """A synchronization point on the watched thread: the window boundary."""
         if threading.get_ident() != self._thread or self._state != "active":
             return
+        active = patches.active()
+        if not active or active[-1] is not self:
+            return  # a track() region or @checked call owns the thread: no window games
         self.barriers += 1
         if self.mode == "full":
             return
