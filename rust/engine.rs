@@ -211,6 +211,9 @@ impl Op {
     }
 }
 
+/// A validated access: the storage's base and length, and the access's end.
+type Checked = (u64, u64, u64);
+
 /// Most freed ranges kept for reuse checks; past this the lowest addresses are dropped
 /// (their `unsynced-free` was already reported; only a later `reuse-race` is lost).
 const MAX_TOMBS: usize = 1 << 18;
@@ -454,14 +457,15 @@ impl Engine {
         }
     }
 
-    /// The base pointer of the live storage containing `ptr`, if any.
+    /// `(base, nbytes)` of the live storage containing `ptr`, if any: one hash probe for
+    /// a base pointer (the hot path), the ordered map for an interior one.
     #[inline]
-    fn find(&self, ptr: u64) -> Option<u64> {
-        if self.storages.contains_key(&ptr) {
-            return Some(ptr);
+    fn find(&self, ptr: u64) -> Option<(u64, u64)> {
+        if let Some(st) = self.storages.get(&ptr) {
+            return Some((ptr, st.nbytes));
         }
         let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
-        (ptr < end).then_some(base)
+        (ptr < end).then_some((base, end - base))
     }
 
     #[inline]
@@ -470,7 +474,7 @@ impl Engine {
     }
 
     pub fn storage_at(&self, ptr: u64) -> Option<(u64, u64, Handle)> {
-        let st = self.storage(self.find(ptr)?);
+        let st = self.storage(self.find(ptr)?.0);
         Some((st.base, st.nbytes, self.stream_handle(st.alloc_stream)))
     }
 
@@ -543,7 +547,20 @@ impl Engine {
         write: bool,
         site: SiteId,
     ) -> Result<()> {
-        let (base, len, end) = self.check_access(ptr, nbytes)?;
+        let checked = self.check_access(ptr, nbytes)?;
+        self.apply_access(ptr, checked, stream, write, site);
+        Ok(())
+    }
+
+    /// An access already validated by `check_access`.
+    fn apply_access(
+        &mut self,
+        ptr: u64,
+        (base, len, end): Checked,
+        stream: Handle,
+        write: bool,
+        site: SiteId,
+    ) {
         self.processed += 1;
         let s = self.stream(stream);
         let pos = self.enqueue(s);
@@ -596,7 +613,6 @@ impl Engine {
             }
         }
         self.scratch = conflicts;
-        Ok(())
     }
 
     /// One kernel launch on `stream`: reads then writes of `(ptr, nbytes)` ranges, each
@@ -609,28 +625,25 @@ impl Engine {
         writes: &[(u64, u64)],
         site: SiteId,
     ) -> Result<()> {
+        let mut checked: SmallVec<[(u64, Checked); 8]> = SmallVec::new();
         for &(ptr, nbytes) in reads.iter().chain(writes) {
-            self.check_access(ptr, nbytes)?;
+            checked.push((ptr, self.check_access(ptr, nbytes)?));
         }
-        for &(ptr, nbytes) in reads {
-            self.access(ptr, nbytes, stream, false, site)?;
-        }
-        for &(ptr, nbytes) in writes {
-            self.access(ptr, nbytes, stream, true, site)?;
+        for (i, &(ptr, range)) in checked.iter().enumerate() {
+            self.apply_access(ptr, range, stream, i >= reads.len(), site);
         }
         Ok(())
     }
 
     /// The storage (base, length) and end of a valid access, or the error `access` would give.
     #[inline]
-    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<(u64, u64, u64)> {
+    fn check_access(&self, ptr: u64, nbytes: u64) -> Result<Checked> {
         let end = Self::check_size(nbytes, ptr)?;
-        let Some(base) = self.find(ptr) else {
+        let Some((base, len)) = self.find(ptr) else {
             return unknown(format!(
                 "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
             ));
         };
-        let len = self.storage(base).nbytes;
         if end > base + len {
             return unknown(format!(
                 "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
@@ -641,7 +654,7 @@ impl Engine {
     }
 
     pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {
-        let Some(base) = self.find(ptr) else {
+        let Some((base, _)) = self.find(ptr) else {
             return unknown(format!(
                 "record_stream on {ptr:#x}, which is inside no live storage"
             ));
@@ -666,7 +679,7 @@ impl Engine {
     pub fn free(&mut self, ptr: u64, site: SiteId) -> Result<()> {
         let Some(st) = self.storages.remove(&ptr) else {
             return match self.find(ptr) {
-                Some(base) => unknown(format!(
+                Some((base, _)) => unknown(format!(
                     "free of {ptr:#x}, an interior pointer of the storage at {base:#x}: \
                      free takes the base pointer"
                 )),
