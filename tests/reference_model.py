@@ -1,6 +1,6 @@
 """A small, obviously-correct reference model of the engine's semantics.
 
-Written from docs/ENGINE-API.md ("Exact semantics") and ../shared/SEMANTICS.md only,
+Written from docs/ENGINE-API.md ("Exact semantics", version 2) and docs/SEMANTICS.md only,
 never from the Rust code: the property tests run the same trace through both and
 compare verdicts. Clarity over speed: device storages keep per-byte shadow state, so
 keep sizes small (tens of bytes).
@@ -24,6 +24,7 @@ ADVICE = "advice"
 
 UNSYNCED_FREE = "unsynced-free"
 REUSE_RACE = "reuse-race"
+UNWAITED_ALLOCATION = "unwaited-allocation"
 UNSYNCED_ACCESS = "unsynced-access"
 HOST_READ_BEFORE_COPY = "host-read-before-copy"
 HOST_WRITE_DURING_COPY = "host-write-during-copy"
@@ -64,7 +65,19 @@ class HazardRecord:
     live: bool | None = None
 
     def key(self) -> tuple:
-        """The deduplication key of ENGINE-API.md."""
+        """The deduplication key of ENGINE-API.md.
+
+        For `unsynced-free` the allocation that triggered the verdict (`other_site`) is
+        not part of the key, and the site-less key adds `use_stream` only. "All four
+        sites are None" is read as: all the sites *in the key* are None (for
+        `unsynced-free`: alloc, use and free site), so that one mistake is one report
+        whichever allocation (or flush) revealed it.
+        """
+        if self.kind == UNSYNCED_FREE:
+            sites = (self.alloc_site, self.use_site, self.free_site)
+            if all(s is None for s in sites):
+                return (self.kind, *sites, self.ptr, self.use_stream)
+            return (self.kind, *sites)
         sites = (self.alloc_site, self.use_site, self.free_site, self.other_site)
         if all(s is None for s in sites):
             return (self.kind, *sites, self.ptr, self.use_stream, self.other_stream)
@@ -95,6 +108,9 @@ class Storage:
     nbytes: int
     alloc_stream: int
     alloc_site: str | None
+    # the allocation stream's position at the allocation (0 for `adopt`, and when the
+    # stream had no work yet): a use on another stream must be ordered after it
+    alloc_position: int = 0
     # stream (other than alloc_stream) -> (latest position, site); insertion order is
     # the order of each stream's first use.
     uses: dict[int, tuple[int, str | None]] = field(default_factory=dict)
@@ -104,6 +120,14 @@ class Storage:
 
     def contains(self, ptr: int, nbytes: int = 1) -> bool:
         return self.base <= ptr and ptr + nbytes <= self.base + self.nbytes
+
+
+@dataclass
+class PendingFree:
+    """A free with a use on another stream not covered at the free: judged later."""
+
+    storage: Storage
+    free_site: str | None
 
 
 @dataclass
@@ -180,10 +204,16 @@ class ReferenceModel:
         self.names: dict[int, str | None] = {}
         self.windows: dict[int, tuple[int, int]] = {}  # latest False query per stream
         self.storages: dict[int, Storage] = {}  # by base pointer
+        self.pending: list[PendingFree] = []  # in the order freed
         self.tombstones: list[Tombstone] = []
         self.copies: list[Copy] = []
         self._hazards: list[HazardRecord] = []
         self._by_key: dict[tuple, HazardRecord] = {}
+        # redundant-record-stream candidates by dedup key, in the order first found;
+        # `count` is the number of times each was found since the last flush
+        self._candidates: dict[tuple, HazardRecord] = {}
+        # record_stream call sites found needed at least once (None included)
+        self._needed_sites: set[str | None] = set()
 
     # ----------------------------------------------------------------- helpers
 
@@ -220,6 +250,12 @@ class ReferenceModel:
             return True
         return self._host_covers(u_stream, u)
 
+    def _covered(self, alloc_stream: int, u_stream: int, u: int) -> bool:
+        """covered(U, u) for a storage allocated on `alloc_stream`, now."""
+        if self._host_covers(u_stream, u):
+            return True
+        return self._stream(alloc_stream).clock.get(u_stream, 0) >= u
+
     def _live(self, u_stream: int, u: int) -> bool | None:
         if u_stream in self.virtual:
             return True
@@ -232,12 +268,20 @@ class ReferenceModel:
         key = h.key()
         found = self._by_key.get(key)
         if found is not None:
-            found.count += 1
+            found.count += h.count
             if h.live:  # a repeat proven in flight makes the hazard live
                 found.live = True
             return
         self._by_key[key] = h
         self._hazards.append(h)
+
+    def _candidate(self, h: HazardRecord) -> None:
+        """A redundant-record-stream candidate: advice only if its site is never needed."""
+        found = self._candidates.get(h.key())
+        if found is not None:
+            found.count += 1
+            return
+        self._candidates[h.key()] = h
 
     def _containing(self, ptr: int, nbytes: int = 1) -> Storage | None:
         for st in self.storages.values():
@@ -245,9 +289,7 @@ class ReferenceModel:
                 return st
         return None
 
-    # ------------------------------------------------------ storages, accesses
-
-    def alloc(self, ptr, nbytes, stream, site=None):
+    def _check_new_storage(self, ptr, nbytes, stream, site) -> None:
         _check_ptr(ptr)
         _check_size(ptr, nbytes)
         _check_handle(stream, "stream")
@@ -257,15 +299,77 @@ class ReferenceModel:
                 raise ModelUnknownStorage(
                     f"allocation {ptr:#x}+{nbytes} overlaps live storage {st.base:#x}"
                 )
-        self._stream(stream)
-        # several freed ranges under one allocation: reported in address order
+
+    def _judge(self, pf: PendingFree, trigger: tuple[int, int, int, str | None] | None) -> None:
+        """The verdict on a free, with the clocks of now. `trigger` is the allocation
+        `(stream, ptr, nbytes, site)` that caused it, or None (at once, or flush)."""
+        st = pf.storage
+        a = st.alloc_stream
+        o_stream, o_ptr, o_nbytes, o_site = trigger if trigger is not None else (None,) * 4
+        for u_stream, (u, use_site) in st.uses.items():
+            if u_stream in st.recorded or self._covered(a, u_stream, u):
+                continue
+            self._report(
+                HazardRecord(
+                    kind=UNSYNCED_FREE,
+                    severity=ERROR,
+                    count=1,
+                    ptr=st.base,
+                    nbytes=st.nbytes,
+                    alloc_stream=a,
+                    use_stream=u_stream,
+                    other_stream=o_stream,
+                    alloc_site=st.alloc_site,
+                    use_site=use_site,
+                    free_site=pf.free_site,
+                    other_site=o_site,
+                    other_ptr=o_ptr,
+                    other_nbytes=o_nbytes,
+                    live=self._live(u_stream, u),
+                )
+            )
+        for r_stream, record_site in st.recorded.items():
+            use = st.uses.get(r_stream)
+            if use is not None and not self._covered(a, r_stream, use[0]):
+                self._needed_sites.add(record_site)
+                continue
+            self._candidate(
+                HazardRecord(
+                    kind=REDUNDANT_RECORD_STREAM,
+                    severity=ADVICE,
+                    count=1,
+                    ptr=st.base,
+                    nbytes=st.nbytes,
+                    alloc_stream=a,
+                    use_stream=r_stream,
+                    alloc_site=st.alloc_site,
+                    use_site=record_site,
+                    free_site=pf.free_site,
+                )
+            )
+
+    # ------------------------------------------------------ storages, accesses
+
+    def alloc(self, ptr, nbytes, stream, site=None):
+        self._check_new_storage(ptr, nbytes, stream, site)
+        s = self._stream(stream)
+        # 1. the verdict on every pending free of a storage allocated on this stream
+        due = [pf for pf in self.pending if pf.storage.alloc_stream == stream]
+        self.pending = [pf for pf in self.pending if pf.storage.alloc_stream != stream]
+        for pf in due:
+            self._judge(pf, (stream, ptr, nbytes, site))
+        # 2. reuse of freed ranges, in address order
         hit = sorted(
             (t for t in self.tombstones if _overlaps(ptr, nbytes, t.base, t.nbytes)),
             key=lambda t: t.base,
         )
         for t in hit:
+            if t.alloc_stream != stream and (
+                stream in self.virtual or t.alloc_stream in self.virtual
+            ):
+                continue  # CUDA's per-stream pools could not hand these bytes out here
             for u_stream, u, use_site in t.uses:
-                if self._ordered(u_stream, u, stream):
+                if self._host_covers(u_stream, u) or s.clock.get(u_stream, 0) >= u:
                     continue
                 self._report(
                     HazardRecord(
@@ -288,7 +392,28 @@ class ReferenceModel:
                 )
         self.tombstones = [t for t in self.tombstones if t not in hit]
         self.storages[ptr] = Storage(
-            ptr, nbytes, stream, site, shadow=[ByteShadow() for _ in range(nbytes)]
+            ptr,
+            nbytes,
+            stream,
+            site,
+            alloc_position=s.position,
+            shadow=[ByteShadow() for _ in range(nbytes)],
+        )
+
+    def adopt(self, ptr, nbytes, stream, site=None):
+        self._check_new_storage(ptr, nbytes, stream, site)
+        self._stream(stream)
+        # no pending-free verdict, no reuse check: overlapping freed ranges are forgotten
+        self.tombstones = [
+            t for t in self.tombstones if not _overlaps(ptr, nbytes, t.base, t.nbytes)
+        ]
+        self.storages[ptr] = Storage(
+            ptr,
+            nbytes,
+            stream,
+            site,
+            alloc_position=0,
+            shadow=[ByteShadow() for _ in range(nbytes)],
         )
 
     def access(self, ptr, nbytes, stream, write=False, site=None):
@@ -300,7 +425,8 @@ class ReferenceModel:
         if st is None:
             raise ModelUnknownStorage(f"access {ptr:#x}+{nbytes} is outside any live storage")
         p = self._advance(stream)
-        if stream != st.alloc_stream:
+        a = st.alloc_stream
+        if stream != a:
             st.uses[stream] = (p, site)  # an existing key keeps its first-use place
         seen: set[tuple[int, int]] = set()
 
@@ -315,7 +441,7 @@ class ReferenceModel:
                     count=1,
                     ptr=st.base,
                     nbytes=st.nbytes,
-                    alloc_stream=st.alloc_stream,
+                    alloc_stream=a,
                     use_stream=stream,
                     other_stream=other_stream,
                     alloc_site=st.alloc_site,
@@ -342,6 +468,30 @@ class ReferenceModel:
             else:
                 b.reads[stream] = (p, site)
 
+        # unwaited-allocation, after this access's own unsynced-access checks
+        a0 = st.alloc_position
+        raced_with_alloc_stream = any(other == a for other, _ in seen)
+        if (
+            stream != a
+            and a0 > 0
+            and not self._ordered(a, a0, stream)
+            and not raced_with_alloc_stream
+        ):
+            self._report(
+                HazardRecord(
+                    kind=UNWAITED_ALLOCATION,
+                    severity=ERROR,
+                    count=1,
+                    ptr=st.base,
+                    nbytes=st.nbytes,
+                    alloc_stream=a,
+                    use_stream=stream,
+                    alloc_site=st.alloc_site,
+                    use_site=site,
+                    live=self._live(a, a0),
+                )
+            )
+
     def record_stream(self, ptr, stream, site=None):
         _check_ptr(ptr)
         _check_handle(stream, "stream")
@@ -351,7 +501,7 @@ class ReferenceModel:
             raise ModelUnknownStorage(f"record_stream on {ptr:#x}: no live storage there")
         self._stream(stream)
         if stream == st.alloc_stream or stream in st.recorded:
-            self._report(
+            self._candidate(
                 HazardRecord(
                     kind=REDUNDANT_RECORD_STREAM,
                     severity=ADVICE,
@@ -374,51 +524,30 @@ class ReferenceModel:
         if st is None:
             raise ModelUnknownStorage(f"free of {ptr:#x}: not the base of a live storage")
         a = st.alloc_stream
-        a_clock = self._stream(a).clock
-
-        def covered(u_stream: int, u: int) -> bool:
-            return self._host_covers(u_stream, u) or a_clock.get(u_stream, 0) >= u
-
-        uncovered: list[tuple[int, int, str | None]] = []
-        for u_stream, (u, use_site) in st.uses.items():
-            if u_stream in st.recorded or covered(u_stream, u):
-                continue
-            uncovered.append((u_stream, u, use_site))
-            self._report(
-                HazardRecord(
-                    kind=UNSYNCED_FREE,
-                    severity=ERROR,
-                    count=1,
-                    ptr=st.base,
-                    nbytes=st.nbytes,
-                    alloc_stream=a,
-                    use_stream=u_stream,
-                    alloc_site=st.alloc_site,
-                    use_site=use_site,
-                    free_site=site,
-                    live=self._live(u_stream, u),
-                )
-            )
-        for r_stream, record_site in st.recorded.items():
-            use = st.uses.get(r_stream)
-            if use is None or covered(r_stream, use[0]):
-                self._report(
-                    HazardRecord(
-                        kind=REDUNDANT_RECORD_STREAM,
-                        severity=ADVICE,
-                        count=1,
-                        ptr=st.base,
-                        nbytes=st.nbytes,
-                        alloc_stream=a,
-                        use_stream=r_stream,
-                        alloc_site=st.alloc_site,
-                        use_site=record_site,
-                        free_site=site,
-                    )
-                )
+        self._stream(a)
         del self.storages[ptr]
+        # the freed range remembers the uses neither recorded nor covered now
+        uncovered = [
+            (u_stream, u, use_site)
+            for u_stream, (u, use_site) in st.uses.items()
+            if u_stream not in st.recorded and not self._covered(a, u_stream, u)
+        ]
         if uncovered:
             self.tombstones.append(Tombstone(st.base, st.nbytes, a, st.alloc_site, site, uncovered))
+        pf = PendingFree(st, site)
+        if all(self._covered(a, u_stream, u) for u_stream, (u, _) in st.uses.items()):
+            self._judge(pf, None)  # judged at once
+        else:
+            self.pending.append(pf)
+
+    def flush(self):
+        due, self.pending = self.pending, []
+        for pf in due:
+            self._judge(pf, None)
+        for h in self._candidates.values():
+            if h.use_site not in self._needed_sites:
+                self._report(h)
+        self._candidates = {}
 
     # ----------------------------------------------------------------- ordering
 
@@ -496,8 +625,30 @@ class ReferenceModel:
         _check_size(host_ptr, nbytes)
         _check_handle(stream, "stream")
         _check_site(site)
-        u = self._advance(stream)
-        self.copies.append(Copy(host_ptr, nbytes, stream, u, site, direction))
+        p = self._advance(stream)
+        # copy against copy on host memory: one of the two writes it (device-to-host)
+        for c in self.copies:
+            if not _overlaps(host_ptr, nbytes, c.ptr, c.nbytes):
+                continue
+            if c.stream == stream or self._ordered(c.stream, c.position, stream):
+                continue
+            if D2H not in (direction, c.direction):
+                continue
+            self._report(
+                HazardRecord(
+                    kind=UNSYNCED_ACCESS,
+                    severity=ERROR,
+                    count=1,
+                    ptr=host_ptr,
+                    nbytes=nbytes,
+                    use_stream=stream,
+                    other_stream=c.stream,
+                    use_site=site,
+                    other_site=c.site,
+                    live=self._live(c.stream, c.position),
+                )
+            )
+        self.copies.append(Copy(host_ptr, nbytes, stream, p, site, direction))
 
     def copy_to_host(self, host_ptr, nbytes, stream, site=None):
         self._copy(host_ptr, nbytes, stream, site, D2H)
@@ -558,6 +709,7 @@ class ReferenceModel:
         """The `Engine.stats()` entries whose value the docs fix exactly."""
         return {
             "live_storages": len(self.storages),
+            "pending_frees": len(self.pending),
             "streams": len(self.streams),
             "events": len(self.events),
             "hazards": len(self._hazards),
