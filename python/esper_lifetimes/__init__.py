@@ -7,7 +7,9 @@ torch side is `track()`, `@checked`, `virtual` streams and the always-on mode
 Names are loaded on first use (PEP 562), so that ``import esper_lifetimes`` (and the
 pytest plugin, which lives in this package) imports neither torch nor the compiled
 engine until something asks for them. The environment variable ``ESPER_LIFETIMES``
-(``off``, ``full``, ``always-on``, with options) is read when the package is imported.
+(``off``, ``on``, ``full``, ``always-on``, with options; :mod:`esper_lifetimes.config`)
+is read when the package is imported; a value not understood is a warning, never an
+error.
 """
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ _EXPORTS = {
     "reset_checked": "esper_lifetimes.tracking",
     "track": "esper_lifetimes.tracking",
     # switching on and off, the always-on mode
+    "ConfigError": "esper_lifetimes.modes",
+    "ConfigWarning": "esper_lifetimes.config",
     "enable": "esper_lifetimes.modes",
     "disable": "esper_lifetimes.modes",
     "always_on": "esper_lifetimes.modes",
     "AlwaysOnTracker": "esper_lifetimes.modes",
 }
-_SUBMODULES = ("ops", "virtual", "trace", "reports", "tracking", "modes", "patches")
+_SUBMODULES = (
+    "ops",
+    "virtual",
+    "trace",
+    "reports",
+    "tracking",
+    "modes",
+    "patches",
+    "config",
+)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
@@ -62,6 +75,27 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
 
 
-_env = os.environ.get("ESPER_LIFETIMES", "").strip()
-if _env and _env.split(",", 1)[0].strip().lower() not in ("", "off", "0", "false", "no"):
-    importlib.import_module("esper_lifetimes.modes").enable_from_env(_env)
+def _apply_env() -> None:
+    """Applies ``ESPER_LIFETIMES`` (:mod:`esper_lifetimes.config`). Never raises: a value
+    not understood, or one that cannot start (an unwritable ``report=``), is one
+    :class:`ConfigWarning` naming the accepted values, and tracking stays off."""
+    from esper_lifetimes import config
+
+    settings = config.from_env()
+    if settings is None:
+        return
+    mode, opts = settings
+    if mode == "off" or (mode == "on" and not opts):
+        return  # tracking._Config reads the same parse: nothing to start
+    value = os.environ.get(config.VAR, "")
+    try:
+        importlib.import_module("esper_lifetimes.modes").enable(mode, **opts)
+    except Exception as exc:
+        config.env_failed(value, exc)
+        try:
+            importlib.import_module("esper_lifetimes.modes").disable()
+        except Exception:  # pragma: no cover - torch itself fails to import
+            pass
+
+
+_apply_env()

@@ -33,16 +33,30 @@ from typing import Any
 
 import torch
 
-from esper_lifetimes import patches, tracking
+from esper_lifetimes import config, patches, tracking
+from esper_lifetimes._core import InvalidArgumentError
 from esper_lifetimes.tracking import Tracker, _Mode
 
-__all__ = ["AlwaysOnTracker", "enable", "disable", "always_on", "enable_from_env", "parse_env"]
+__all__ = [
+    "AlwaysOnTracker",
+    "ConfigError",
+    "enable",
+    "disable",
+    "always_on",
+    "enable_from_env",
+    "parse_env",
+]
 
 log = logging.getLogger("esper_lifetimes")
 
 DEFAULT_SAMPLE = 0.01
 DEFAULT_MAX_WINDOW_OPS = 20_000
-MODES = ("off", "full", "always-on")
+MODES = config.MODES
+
+
+class ConfigError(InvalidArgumentError, ValueError):
+    """A bad value given to :func:`enable` (or :class:`AlwaysOnTracker`): the message
+    names it. A :class:`esper_lifetimes.LifetimesError` (and a ``ValueError``)."""
 
 
 class _WindowMode(_Mode):
@@ -79,11 +93,20 @@ class AlwaysOnTracker(Tracker):
     ) -> None:
         super().__init__(on_hazard="collect", cpu=cpu, timeline=timeline)
         if mode not in ("full", "always-on"):
-            raise ValueError(f"mode must be 'full' or 'always-on', not {mode!r}")
-        if not 0.0 <= sample <= 1.0:
-            raise ValueError(f"sample must be a probability in [0, 1], not {sample!r}")
-        if max_window_ops < 1:
-            raise ValueError(f"max_window_ops must be positive, not {max_window_ops!r}")
+            raise ConfigError(f"mode must be 'full' or 'always-on', not {mode!r}")
+        try:
+            config.check_enable(
+                mode,
+                {
+                    "sample": sample,
+                    "seed": seed,
+                    "report": report,
+                    "max_window_ops": max_window_ops,
+                },
+                where="AlwaysOnTracker",
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.mode = mode
         self.sample = 1.0 if mode == "full" else float(sample)
         self.seed = seed
@@ -108,7 +131,12 @@ class AlwaysOnTracker(Tracker):
         if self._state != "new":
             raise RuntimeError("an AlwaysOnTracker is started once")
         if self.report_path:
-            self._report_file = open(self.report_path, "a", encoding="utf-8")  # noqa: SIM115
+            try:
+                self._report_file = open(self.report_path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigError(
+                    f"report={self.report_path!r} cannot be written: {exc.strerror or exc}"
+                ) from None
         self._start()
         patches.install()
         patches.push(self, None)
@@ -300,43 +328,85 @@ def _remove_item_hook() -> None:
 
 _lock = threading.Lock()
 _run: AlwaysOnTracker | None = None
+_emulation: Any = None  # the entered esper_lifetimes.emulate.emulate_cuda(), or None
+_UNSET: Any = object()
+
+
+def _start_emulation() -> None:
+    global _emulation
+    if _emulation is not None:
+        return
+    try:
+        from esper_lifetimes.emulate import emulate_cuda
+    except ImportError as exc:
+        raise ConfigError(
+            f"emulate='cuda' needs esper_lifetimes.emulate, which this build lacks ({exc})"
+        ) from None
+    cm = emulate_cuda()
+    cm.__enter__()
+    _emulation = cm
+
+
+def _stop_emulation() -> None:
+    global _emulation
+    cm, _emulation = _emulation, None
+    if cm is not None:
+        cm.__exit__(None, None, None)
 
 
 def enable(
     mode: str | None = None,
     *,
-    sample: float = DEFAULT_SAMPLE,
+    sample: float = _UNSET,
     seed: int | None = None,
     report: str | None = None,
-    max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
+    max_window_ops: int = _UNSET,
     timeline: Any = None,
+    emulate: str | None = None,
 ) -> AlwaysOnTracker | None:
     """Switches tracking on.
 
-    ``enable()`` lets ``@checked`` and ``track()`` track again after :func:`disable`.
-    ``enable(mode="always-on", sample=0.01, seed=None, report=None)`` also starts the
-    always-on tracker on the calling thread for the rest of the run (or until
+    ``enable()`` (or ``mode="on"``) lets ``@checked`` and ``track()`` track again after
+    :func:`disable`. ``enable(mode="always-on", sample=0.01, seed=None, report=None)`` also
+    starts the always-on tracker on the calling thread for the rest of the run (or until
     :func:`disable`); ``mode="full"`` tracks every op instead. Returns the run's tracker
-    (``None`` without a mode). Hazards are logged to the ``esper_lifetimes`` logger and,
-    with ``report=PATH``, appended to PATH as JSON Lines. ``timeline`` (a
+    (``None`` without a run-wide mode). Hazards are logged to the ``esper_lifetimes``
+    logger and, with ``report=PATH``, appended to PATH as JSON Lines. ``timeline`` (a
     :class:`esper_lifetimes.reports.Timeline`) records the tracker's engine calls, for
-    the Chrome trace and HTML reports.
+    the Chrome trace and HTML reports. ``emulate="cuda"`` enters
+    :func:`esper_lifetimes.emulate.emulate_cuda` until :func:`disable`.
+
+    A bad value raises :class:`ConfigError` naming it, before anything changes. Mode
+    spellings are those of ``ESPER_LIFETIMES`` (:mod:`esper_lifetimes.config`).
     """
     global _run
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if mode == "off":
+    opts: dict[str, Any] = {"seed": seed, "report": report, "emulate": emulate}
+    if sample is not _UNSET:
+        opts["sample"] = sample
+    if max_window_ops is not _UNSET:
+        opts["max_window_ops"] = max_window_ops
+    try:
+        m = None if mode is None else config.normalize_mode(mode, "enable()")
+        if m not in ("full", "always-on"):
+            # seed/report None are the defaults: only what was really given is checked
+            opts = {k: v for k, v in opts.items() if v is not None}
+        config.check_enable(m, opts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if m == "off":
         disable()
         return None
+    if emulate is not None:
+        _start_emulation()
     tracking._config.enabled = True
-    if mode is None:
+    if m is None or m == "on":
         return None
     tr = AlwaysOnTracker(
-        mode,
-        sample=sample,
+        m,
+        sample=DEFAULT_SAMPLE if sample is _UNSET else sample,
         seed=seed,
         report=report,
-        max_window_ops=max_window_ops,
+        max_window_ops=DEFAULT_MAX_WINDOW_OPS if max_window_ops is _UNSET else max_window_ops,
         timeline=timeline,
     )
     with _lock:
@@ -348,14 +418,18 @@ def enable(
 
 
 def disable() -> None:
-    """Switches tracking off: stops the run's tracker (if any); ``@checked`` calls the
-    function directly and ``track()`` records nothing until :func:`enable`."""
+    """Switches tracking off: stops the run's tracker (if any) and a CUDA emulation that
+    :func:`enable` entered; ``@checked`` calls the function directly and ``track()``
+    records nothing until :func:`enable`."""
     global _run
     with _lock:
         run, _run = _run, None
-    if run is not None:
-        run.stop()
-    tracking._config.enabled = False
+    try:
+        if run is not None:
+            run.stop()
+    finally:
+        tracking._config.enabled = False
+        _stop_emulation()
 
 
 def always_on() -> AlwaysOnTracker | None:
@@ -373,46 +447,16 @@ def _at_exit() -> None:
             pass
 
 
-_OPTIONS = {"sample": float, "seed": int, "report": str, "max_window_ops": int}
-
-
 def parse_env(value: str) -> tuple[str, dict[str, Any]]:
-    """``"always-on,sample=0.02,report=/tmp/hz.jsonl"`` -> ``("always-on", {...})``.
-
-    The first item is the mode (``off``, ``full``, ``always-on``); options follow as
-    ``key=value``: ``sample``, ``seed``, ``report``, ``max_window_ops``.
-    """
-    items = [p.strip() for p in value.split(",") if p.strip()]
-    if not items:
-        return "off", {}
-    mode = items[0].lower()
-    if mode in ("0", "false", "no"):
-        mode = "off"
-    if mode not in MODES:
-        raise ValueError(
-            f"ESPER_LIFETIMES: mode must be one of {', '.join(MODES)}, not {items[0]!r}"
-        )
-    opts: dict[str, Any] = {}
-    for item in items[1:]:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lower().replace("-", "_")
-        if not sep or key not in _OPTIONS:
-            raise ValueError(
-                f"ESPER_LIFETIMES: unknown option {item!r} "
-                f"(options: {', '.join(k + '=' for k in _OPTIONS)})"
-            )
-        try:
-            opts[key] = _OPTIONS[key](raw.strip())
-        except ValueError:
-            raise ValueError(
-                f"ESPER_LIFETIMES: option {key} takes a {_OPTIONS[key].__name__}, got {raw!r}"
-            ) from None
-    return mode, opts
+    """``"always-on,sample=0.02,report=/tmp/hz.jsonl"`` -> ``("always-on", {...})``
+    (:func:`esper_lifetimes.config.parse`: raises ``ValueError`` naming what is wrong)."""
+    return config.parse(value)
 
 
 def enable_from_env(value: str) -> AlwaysOnTracker | None:
-    """Applies an ``ESPER_LIFETIMES`` value (see :func:`parse_env`)."""
-    mode, opts = parse_env(value)
+    """Applies an ``ESPER_LIFETIMES`` value (see :mod:`esper_lifetimes.config`). Raises
+    on a bad value; the package's import uses :func:`config.from_env`, which does not."""
+    mode, opts = config.parse(value)
     if mode == "off":
         disable()
         return None

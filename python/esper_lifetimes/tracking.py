@@ -105,9 +105,10 @@ class _Config:
     __slots__ = ("enabled",)
 
     def __init__(self) -> None:
-        # ESPER_LIFETIMES=off (or 0/false/no), possibly followed by ",options"
-        env = os.environ.get("ESPER_LIFETIMES", "").split(",", 1)[0].strip().lower()
-        self.enabled = env not in ("off", "0", "false", "no", "disable", "disabled")
+        # ESPER_LIFETIMES: one parser (config.py); off, or a value not understood, is off
+        from esper_lifetimes import config
+
+        self.enabled = config.enabled_by_env()
 
 
 _config = _Config()
