@@ -14,6 +14,7 @@ raises `InvalidArgumentError` or `UnknownStorageError`, and leave the state unch
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 I64_MIN = -(1 << 63)
@@ -128,6 +129,7 @@ class PendingFree:
 
     storage: Storage
     free_site: str | None
+    uncovered: list[int] = field(default_factory=list)  # streams not covered at the free
 
 
 @dataclass
@@ -214,6 +216,9 @@ class ReferenceModel:
         self._candidates: dict[tuple, HazardRecord] = {}
         # record_stream call sites found needed at least once (None included)
         self._needed_sites: set[str | None] = set()
+        # how often each rule's interesting branch ran: not part of the semantics, it
+        # lets the property test show (hypothesis statistics) that traces reach them
+        self.rules: Counter[str] = Counter()
 
     # ----------------------------------------------------------------- helpers
 
@@ -306,6 +311,9 @@ class ReferenceModel:
         st = pf.storage
         a = st.alloc_stream
         o_stream, o_ptr, o_nbytes, o_site = trigger if trigger is not None else (None,) * 4
+        for u_stream in pf.uncovered:
+            if self._covered(a, u_stream, st.uses[u_stream][0]):
+                self.rules["pending free: use covered after the free, before the verdict"] += 1
         for u_stream, (u, use_site) in st.uses.items():
             if u_stream in st.recorded or self._covered(a, u_stream, u):
                 continue
@@ -332,7 +340,9 @@ class ReferenceModel:
             use = st.uses.get(r_stream)
             if use is not None and not self._covered(a, r_stream, use[0]):
                 self._needed_sites.add(record_site)
+                self.rules["record_stream needed"] += 1
                 continue
+            self.rules["record_stream redundant at the verdict"] += 1
             self._candidate(
                 HazardRecord(
                     kind=REDUNDANT_RECORD_STREAM,
@@ -356,7 +366,10 @@ class ReferenceModel:
         # 1. the verdict on every pending free of a storage allocated on this stream
         due = [pf for pf in self.pending if pf.storage.alloc_stream == stream]
         self.pending = [pf for pf in self.pending if pf.storage.alloc_stream != stream]
+        if self.pending:
+            self.rules["alloc on another stream leaves a pending free"] += 1
         for pf in due:
+            self.rules["pending free judged at an alloc"] += 1
             self._judge(pf, (stream, ptr, nbytes, site))
         # 2. reuse of freed ranges, in address order
         hit = sorted(
@@ -367,7 +380,10 @@ class ReferenceModel:
             if t.alloc_stream != stream and (
                 stream in self.virtual or t.alloc_stream in self.virtual
             ):
+                self.rules["virtual cross-stream reuse: no verdict"] += 1
                 continue  # CUDA's per-stream pools could not hand these bytes out here
+            if t.alloc_stream != stream:
+                self.rules["cross-stream reuse judged"] += 1
             for u_stream, u, use_site in t.uses:
                 if self._host_covers(u_stream, u) or s.clock.get(u_stream, 0) >= u:
                     continue
@@ -404,6 +420,9 @@ class ReferenceModel:
         self._check_new_storage(ptr, nbytes, stream, site)
         self._stream(stream)
         # no pending-free verdict, no reuse check: overlapping freed ranges are forgotten
+        self.rules["adopt"] += 1
+        if any(_overlaps(ptr, nbytes, t.base, t.nbytes) for t in self.tombstones):
+            self.rules["adopt over a freed range"] += 1
         self.tombstones = [
             t for t in self.tombstones if not _overlaps(ptr, nbytes, t.base, t.nbytes)
         ]
@@ -470,13 +489,13 @@ class ReferenceModel:
 
         # unwaited-allocation, after this access's own unsynced-access checks
         a0 = st.alloc_position
-        raced_with_alloc_stream = any(other == a for other, _ in seen)
-        if (
-            stream != a
-            and a0 > 0
-            and not self._ordered(a, a0, stream)
-            and not raced_with_alloc_stream
-        ):
+        if stream == a or a0 == 0:
+            return
+        if self._ordered(a, a0, stream):
+            self.rules["use on another stream ordered after the allocation"] += 1
+        elif any(other == a for other, _ in seen):
+            self.rules["unwaited-allocation left to unsynced-access"] += 1
+        else:
             self._report(
                 HazardRecord(
                     kind=UNWAITED_ALLOCATION,
@@ -534,19 +553,25 @@ class ReferenceModel:
         ]
         if uncovered:
             self.tombstones.append(Tombstone(st.base, st.nbytes, a, st.alloc_site, site, uncovered))
-        pf = PendingFree(st, site)
-        if all(self._covered(a, u_stream, u) for u_stream, (u, _) in st.uses.items()):
+        pf = PendingFree(
+            st, site, [u_s for u_s, (u, _) in st.uses.items() if not self._covered(a, u_s, u)]
+        )
+        if not pf.uncovered:
             self._judge(pf, None)  # judged at once
         else:
+            self.rules["free pending"] += 1
             self.pending.append(pf)
 
     def flush(self):
         due, self.pending = self.pending, []
         for pf in due:
+            self.rules["pending free judged at flush"] += 1
             self._judge(pf, None)
         for h in self._candidates.values():
             if h.use_site not in self._needed_sites:
                 self._report(h)
+            else:
+                self.rules["advice withheld: the site was needed once"] += 1
         self._candidates = {}
 
     # ----------------------------------------------------------------- ordering
@@ -630,9 +655,13 @@ class ReferenceModel:
         for c in self.copies:
             if not _overlaps(host_ptr, nbytes, c.ptr, c.nbytes):
                 continue
-            if c.stream == stream or self._ordered(c.stream, c.position, stream):
-                continue
             if D2H not in (direction, c.direction):
+                continue
+            if c.stream == stream:
+                self.rules["copy against copy on one stream"] += 1
+                continue
+            if self._ordered(c.stream, c.position, stream):
+                self.rules["copy against copy, ordered"] += 1
                 continue
             self._report(
                 HazardRecord(
