@@ -47,22 +47,23 @@ from typing import Any
 
 import numpy as np
 
-# Bulk op codes (docs/ENGINE-API.md; also esper_lifetimes.ops).
-ALLOC, READ, WRITE, FREE, RECORD_STREAM = 0, 1, 2, 3, 4
-EVENT_RECORD, EVENT_WAIT, STREAM_WAIT, STREAM_SYNC, EVENT_SYNC, DEVICE_SYNC = 5, 6, 7, 8, 9, 10
-OP_NAMES = {
-    ALLOC: "alloc",
-    READ: "read",
-    WRITE: "write",
-    FREE: "free",
-    RECORD_STREAM: "record_stream",
-    EVENT_RECORD: "event_record",
-    EVENT_WAIT: "event_wait",
-    STREAM_WAIT: "stream_wait",
-    STREAM_SYNC: "stream_sync",
-    EVENT_SYNC: "event_sync",
-    DEVICE_SYNC: "device_sync",
-}
+# Bulk op codes: defined once in esper_lifetimes.vocab (docs/ENGINE-API.md).
+from esper_lifetimes.ops import (
+    ALLOC,
+    DEVICE_SYNC,
+    EVENT_RECORD,
+    EVENT_SYNC,
+    EVENT_WAIT,
+    FREE,
+    READ,
+    RECORD_STREAM,
+    STREAM_SYNC,
+    STREAM_WAIT,
+    WRITE,
+)
+from esper_lifetimes.vocab import BULK
+
+OP_NAMES = {code: bulk.name.lower() for code, bulk in BULK.items()}
 
 BASE = 0x7F00_0000_0000  # device addresses
 STRIDE = 1 << 16  # one 64 KiB slot per storage; sizes are 512-byte multiples up to it

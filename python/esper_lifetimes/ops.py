@@ -1,30 +1,27 @@
 """Op codes of the engine's bulk path, `Engine.replay(array)` (docs/ENGINE-API.md).
 
-Each row of the int64 array is `[op, a, b, c]`.
+Each row of the int64 array is `[op, a, b, c]`. The codes are defined once, in
+:data:`esper_lifetimes.vocab.BULK` (which also says which arguments a, b, c are);
+this module gives them names for code that builds rows.
 """
 
-ALLOC = 0  # ptr, nbytes, stream
-READ = 1  # ptr, nbytes, stream
-WRITE = 2  # ptr, nbytes, stream
-FREE = 3  # ptr
-RECORD_STREAM = 4  # ptr, stream
-EVENT_RECORD = 5  # event, stream
-EVENT_WAIT = 6  # event, stream
-STREAM_WAIT = 7  # waiter, waited
-STREAM_SYNC = 8  # stream
-EVENT_SYNC = 9  # event
-DEVICE_SYNC = 10
+from typing import Final
 
-NAMES = {
-    ALLOC: "ALLOC",
-    READ: "READ",
-    WRITE: "WRITE",
-    FREE: "FREE",
-    RECORD_STREAM: "RECORD_STREAM",
-    EVENT_RECORD: "EVENT_RECORD",
-    EVENT_WAIT: "EVENT_WAIT",
-    STREAM_WAIT: "STREAM_WAIT",
-    STREAM_SYNC: "STREAM_SYNC",
-    EVENT_SYNC: "EVENT_SYNC",
-    DEVICE_SYNC: "DEVICE_SYNC",
-}
+from esper_lifetimes.vocab import BULK, BULK_CODES
+
+ALLOC: Final = BULK_CODES["ALLOC"]  # ptr, nbytes, stream
+READ: Final = BULK_CODES["READ"]  # ptr, nbytes, stream
+WRITE: Final = BULK_CODES["WRITE"]  # ptr, nbytes, stream
+FREE: Final = BULK_CODES["FREE"]  # ptr
+RECORD_STREAM: Final = BULK_CODES["RECORD_STREAM"]  # ptr, stream
+EVENT_RECORD: Final = BULK_CODES["EVENT_RECORD"]  # event, stream
+EVENT_WAIT: Final = BULK_CODES["EVENT_WAIT"]  # event, stream
+STREAM_WAIT: Final = BULK_CODES["STREAM_WAIT"]  # waiter, waited
+STREAM_SYNC: Final = BULK_CODES["STREAM_SYNC"]  # stream
+EVENT_SYNC: Final = BULK_CODES["EVENT_SYNC"]  # event
+DEVICE_SYNC: Final = BULK_CODES["DEVICE_SYNC"]
+ADOPT: Final = BULK_CODES["ADOPT"]  # ptr, nbytes, stream
+FLUSH: Final = BULK_CODES["FLUSH"]
+
+NAMES: Final = {code: bulk.name for code, bulk in BULK.items()}
+"""code -> constant name."""

@@ -45,22 +45,13 @@ from typing import Any
 
 import pytest
 
+from esper_lifetimes import vocab
+
 __all__ = ["MODES", "LifetimesPlugin"]
 
 MODES = ("off", "full", "always-on")
 """The values ``--lifetimes``, the ini option and the marker accept."""
 
-KNOWN_KINDS = frozenset(
-    {
-        "unsynced-free",
-        "reuse-race",
-        "unsynced-access",
-        "host-read-before-copy",
-        "host-write-during-copy",
-        "redundant-record-stream",
-    }
-)
-_FREE_KINDS = frozenset({"unsynced-free", "reuse-race"})
 _MARKER_HELP = (
     "lifetimes(mode='full'|'always-on'|'off', allow=[kinds]): esper-lifetimes tracking "
     "for this test: mode overrides --lifetimes; hazards of the allowed kinds are neither "
@@ -153,11 +144,12 @@ def _kinds(value: Any, where: str) -> frozenset[str]:
         raise pytest.UsageError(
             f"esper-lifetimes: {where} must be a list of hazard kinds, got {value!r}"
         ) from None
-    unknown = sorted(k for k in kinds if k not in KNOWN_KINDS)
+    known = vocab.KIND_NAMES
+    unknown = sorted(k for k in kinds if k not in known)
     if unknown:
         raise pytest.UsageError(
             f"esper-lifetimes: {where} names unknown hazard kind(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(KNOWN_KINDS))}"
+            f"known: {', '.join(sorted(known))}"
         )
     return kinds
 
@@ -400,7 +392,7 @@ def _internal_text(where: str, exc: BaseException) -> str:
 
 def _advice_entry(h: Any) -> list[str]:
     """``[key, text]``: advice with the same kind and sites is listed once."""
-    key = f"{h.kind} {h.alloc_site} {h.use_site} {h.free_site} {h.other_site}"
+    key = " ".join(map(str, vocab.dedup_key(h)))
     return [key, h.message]
 
 
@@ -639,7 +631,7 @@ class LifetimesPlugin:
             "",
             f"esper-lifetimes: this test left {n} stream hazard{'s' * (n != 1)} behind{when}.",
         ]
-        if any(h.free_site is None and h.kind in _FREE_KINDS for h in errors):
+        if any(h.free_site is None and h.kind in vocab.FREE_KINDS for h in errors):
             lines.append(
                 "A free without a source line happened where no line of yours was running: "
                 "when the test function returned (its locals), when pytest dropped a fixture "

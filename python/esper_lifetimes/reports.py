@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import IO, Any
 
-from esper_lifetimes import Engine, LifetimesError
+from esper_lifetimes import Engine, LifetimesError, vocab
 
 __all__ = [
     "SCHEMA_NAME",
@@ -70,134 +70,41 @@ SCHEMA_VERSION = 1
 CHROME_TRACE_SCHEMA = "esper-lifetimes-chrome-trace"
 """``otherData.schema`` of the Chrome trace (its ``otherData.version`` is 1)."""
 
-# Kinds in report order (errors first); unknown kinds follow, sorted by name.
-KIND_ORDER = (
-    "unsynced-free",
-    "reuse-race",
-    "unsynced-access",
-    "host-read-before-copy",
-    "host-write-during-copy",
-    "redundant-record-stream",
-)
-
-
-@dataclass(frozen=True)
-class KindInfo:
-    color: str
-    title: str
-    hint: str
-
-
-KINDS: dict[str, KindInfo] = {
-    "unsynced-free": KindInfo(
-        "#e03131",
-        "storage freed while another stream may still use it",
-        "call t.record_stream(s) for the using stream s before the free, or make the "
-        "allocation stream wait for s (alloc_stream.wait_stream(s)), or synchronize s first.",
-    ),
-    "reuse-race": KindInfo(
-        "#ae3ec9",
-        "freed block handed to a new allocation under an unfinished use",
-        "its cause is the unsynced-free of the first storage: fixing that free removes it. "
-        "Until then the new owner may overwrite bytes the old use still reads.",
-    ),
-    "unsynced-access": KindInfo(
-        "#f76707",
-        "two streams access the same bytes, at least one writes, with no ordering",
-        "order the two streams: reader.wait_stream(writer) (or an event record/wait) before "
-        "the second access.",
-    ),
-    "host-read-before-copy": KindInfo(
-        "#d6336c",
-        "host reads memory a non-blocking device-to-host copy is still writing",
-        "synchronize the copy's stream, or an event recorded after the copy, before "
-        "reading the host tensor.",
-    ),
-    "host-write-during-copy": KindInfo(
-        "#5f3dc4",
-        "host writes pinned memory a non-blocking host-to-device copy still reads",
-        "synchronize the copy's stream (or an event recorded after the copy) before "
-        "writing the pinned source.",
-    ),
-    "redundant-record-stream": KindInfo(
-        "#1c7ed6",
-        "record_stream that changes nothing but delays reuse",
-        "drop the record_stream call: the stream is the allocation stream, already recorded, "
-        "or already ordered by a wait or sync.",
-    ),
-}
-_OTHER_KIND = KindInfo("#495057", "hazard", "")
+# The kinds (name, severity, title, hint, roles, colour): esper_lifetimes.vocab.
+KindInfo = vocab.KindInfo
+KINDS: dict[str, KindInfo] = {k.name: k for k in vocab.kinds()}
+KIND_ORDER = tuple(KINDS)
+_OTHER_KIND = KindInfo("?", "error", "hazard", "", (), vocab.OTHER_COLOR)
 
 
 def _kind_info(kind: str) -> KindInfo:
     return KINDS.get(kind, _OTHER_KIND)
 
 
-def _kind_order(kind: str) -> tuple[int, str]:
-    return (KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER), kind)
+_kind_order = vocab.kind_order
 
 
 # --------------------------------------------------------------------------------------
 # The timeline: the engine calls of one run, in order
 # --------------------------------------------------------------------------------------
 
-_R = object()  # a required argument
+_R = vocab.REQUIRED
 
 # op -> ((argument, default), ...), in the order of the Engine method's parameters.
 _OPS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "define_stream": (("stream", _R), ("name", None), ("virtual", False)),
-    "alloc": (("ptr", _R), ("nbytes", _R), ("stream", _R), ("site", None)),
-    "access": (("ptr", _R), ("nbytes", _R), ("stream", _R), ("write", False), ("site", None)),
-    "record_stream": (("ptr", _R), ("stream", _R), ("site", None)),
-    "free": (("ptr", _R), ("site", None)),
-    "event_record": (("event", _R), ("stream", _R)),
-    "event_wait": (("event", _R), ("stream", _R)),
-    "stream_wait": (("waiter", _R), ("waited", _R)),
-    "stream_synchronize": (("stream", _R),),
-    "event_synchronize": (("event", _R),),
-    "device_synchronize": (),
-    "stream_query": (("stream", _R), ("complete", _R)),
-    "event_query": (("event", _R), ("complete", _R)),
-    "forget_event": (("event", _R),),
-    "copy_to_host": (("host_ptr", _R), ("nbytes", _R), ("stream", _R), ("site", None)),
-    "copy_from_host": (("host_ptr", _R), ("nbytes", _R), ("stream", _R), ("site", None)),
-    "host_access": (("host_ptr", _R), ("nbytes", _R), ("write", False), ("site", None)),
-    "host_release": (("host_ptr", _R), ("nbytes", _R)),
+    op: tuple((a.name, a.default) for a in spec.args) for op, spec in vocab.OPS.items()
 }
 OPS = tuple(_OPS)
-_HAS_SITE = frozenset(op for op, spec in _OPS.items() if spec and spec[-1][0] == "site")
+_HAS_SITE = frozenset(op for op, spec in vocab.OPS.items() if spec.has_site)
 
 # Bulk-path rows [code, a, b, c] (ENGINE-API.md) -> (op, positional arguments).
 _BULK: dict[int, tuple[str, Callable[[int, int, int], tuple]]] = {
-    0: ("alloc", lambda a, b, c: (a, b, c, None)),
-    1: ("access", lambda a, b, c: (a, b, c, False, None)),
-    2: ("access", lambda a, b, c: (a, b, c, True, None)),
-    3: ("free", lambda a, b, c: (a, None)),
-    4: ("record_stream", lambda a, b, c: (a, b, None)),
-    5: ("event_record", lambda a, b, c: (a, b)),
-    6: ("event_wait", lambda a, b, c: (a, b)),
-    7: ("stream_wait", lambda a, b, c: (a, b)),
-    8: ("stream_synchronize", lambda a, b, c: (a,)),
-    9: ("event_synchronize", lambda a, b, c: (a,)),
-    10: ("device_synchronize", lambda a, b, c: ()),
+    code: (b.op, b.args) for code, b in vocab.BULK.items()
 }
 
 
 def _bind(op: str, args: tuple, kwargs: dict[str, Any]) -> tuple:
-    spec = _OPS[op]
-    if len(args) > len(spec):
-        raise TypeError(f"{op}() takes at most {len(spec)} arguments ({len(args)} given)")
-    values = list(args)
-    for name, default in spec[len(args) :]:
-        if name in kwargs:
-            values.append(kwargs.pop(name))
-        elif default is _R:
-            raise TypeError(f"{op}() missing required argument '{name}'")
-        else:
-            values.append(default)
-    if kwargs:
-        raise TypeError(f"{op}() got unexpected argument(s) {', '.join(map(repr, kwargs))}")
-    return tuple(values)
+    return vocab.bind(op, args, kwargs)
 
 
 @dataclass(frozen=True)
@@ -412,27 +319,7 @@ class TimelineEngine:
 # Hazards as plain dicts
 # --------------------------------------------------------------------------------------
 
-_HAZARD_FIELDS = (
-    "kind",
-    "severity",
-    "count",
-    "ptr",
-    "nbytes",
-    "alloc_stream",
-    "use_stream",
-    "other_stream",
-    "alloc_stream_name",
-    "use_stream_name",
-    "other_stream_name",
-    "alloc_site",
-    "use_site",
-    "free_site",
-    "other_site",
-    "other_ptr",
-    "other_nbytes",
-    "live",
-    "message",
-)
+_HAZARD_FIELDS = vocab.HAZARD_FIELDS
 
 
 def hazard_dict(hazard: Any) -> dict[str, Any]:
@@ -443,7 +330,8 @@ def hazard_dict(hazard: Any) -> dict[str, Any]:
     else:
         d = {name: getattr(hazard, name, None) for name in _HAZARD_FIELDS}
     if d["severity"] is None:
-        d["severity"] = "advice" if d["kind"] == "redundant-record-stream" else "error"
+        info = vocab.kind(d["kind"])
+        d["severity"] = info.severity if info is not None else "error"
     if d["count"] is None:
         d["count"] = 1
     if d["message"] is None:
@@ -451,11 +339,7 @@ def hazard_dict(hazard: Any) -> dict[str, Any]:
     return d
 
 
-def _hazard_key(d: Mapping[str, Any]) -> tuple:
-    sites = (d["alloc_site"], d["use_site"], d["free_site"], d["other_site"])
-    if all(s is None for s in sites):
-        return (d["kind"], *sites, d["ptr"], d["use_stream"], d["other_stream"])
-    return (d["kind"], *sites)
+_hazard_key = vocab.dedup_key
 
 
 def _stream_label(handle: int) -> str:

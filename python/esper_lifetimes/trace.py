@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
-from esper_lifetimes import Engine, LifetimesError
+from esper_lifetimes import Engine, LifetimesError, vocab
 
 __all__ = [
     "FORMAT",
@@ -41,92 +41,26 @@ FORMAT = "esper-lifetimes-trace"
 VERSION = 1
 """The trace format version this module writes, and the highest it reads."""
 
-_I64_MIN = -(2**63)
-_U64_MAX = 2**64 - 1
+_I64_MIN = vocab.I64_MIN
+_U64_MAX = vocab.U64_MAX
 
 # Argument kinds.
-_INT = "int"  # a pointer, size or handle: an int in the signed or unsigned 64-bit range
-_BOOL = "bool"
-_SITE = "site"  # None or a source-site string
-_NAME = "name"  # None or a string
-_RANGES = "ranges"  # a list of ints, (ptr, nbytes) pairs flattened
+_INT = vocab.INT  # a pointer, size or handle: an int in the signed or unsigned 64-bit range
+_BOOL = vocab.BOOL
+_SITE = vocab.SITE  # None or a source-site string
+_NAME = vocab.NAME  # None or a string
+_RANGES = vocab.RANGES  # a list of ints, (ptr, nbytes) pairs flattened
 
-_REQUIRED = object()
+_REQUIRED = vocab.REQUIRED
 
 # op -> ((argument, kind, default), ...) in the order of the Engine method's parameters.
-# A default of _REQUIRED marks a required argument.
 OPS: dict[str, tuple[tuple[str, str, Any], ...]] = {
-    "define_stream": (
-        ("stream", _INT, _REQUIRED),
-        ("name", _NAME, None),
-        ("virtual", _BOOL, False),
-    ),
-    "alloc": (
-        ("ptr", _INT, _REQUIRED),
-        ("nbytes", _INT, _REQUIRED),
-        ("stream", _INT, _REQUIRED),
-        ("site", _SITE, None),
-    ),
-    "access": (
-        ("ptr", _INT, _REQUIRED),
-        ("nbytes", _INT, _REQUIRED),
-        ("stream", _INT, _REQUIRED),
-        ("write", _BOOL, False),
-        ("site", _SITE, None),
-    ),
-    "launch": (
-        ("stream", _INT, _REQUIRED),
-        ("reads", _RANGES, _REQUIRED),
-        ("writes", _RANGES, _REQUIRED),
-        ("site", _SITE, None),
-    ),
-    "record_stream": (("ptr", _INT, _REQUIRED), ("stream", _INT, _REQUIRED), ("site", _SITE, None)),
-    "free": (("ptr", _INT, _REQUIRED), ("site", _SITE, None)),
-    "event_record": (("event", _INT, _REQUIRED), ("stream", _INT, _REQUIRED)),
-    "event_wait": (("event", _INT, _REQUIRED), ("stream", _INT, _REQUIRED)),
-    "stream_wait": (("waiter", _INT, _REQUIRED), ("waited", _INT, _REQUIRED)),
-    "stream_synchronize": (("stream", _INT, _REQUIRED),),
-    "event_synchronize": (("event", _INT, _REQUIRED),),
-    "device_synchronize": (),
-    "stream_query": (("stream", _INT, _REQUIRED), ("complete", _BOOL, _REQUIRED)),
-    "event_query": (("event", _INT, _REQUIRED), ("complete", _BOOL, _REQUIRED)),
-    "forget_event": (("event", _INT, _REQUIRED),),
-    "copy_to_host": (
-        ("host_ptr", _INT, _REQUIRED),
-        ("nbytes", _INT, _REQUIRED),
-        ("stream", _INT, _REQUIRED),
-        ("site", _SITE, None),
-    ),
-    "copy_from_host": (
-        ("host_ptr", _INT, _REQUIRED),
-        ("nbytes", _INT, _REQUIRED),
-        ("stream", _INT, _REQUIRED),
-        ("site", _SITE, None),
-    ),
-    "host_access": (
-        ("host_ptr", _INT, _REQUIRED),
-        ("nbytes", _INT, _REQUIRED),
-        ("write", _BOOL, False),
-        ("site", _SITE, None),
-    ),
-    "host_release": (("host_ptr", _INT, _REQUIRED), ("nbytes", _INT, _REQUIRED)),
+    op: tuple((a.name, a.type, a.default) for a in spec.args) for op, spec in vocab.OPS.items()
 }
 
 # Bulk-path op codes (ENGINE-API.md, "Bulk path") -> (op, how a row [code, a, b, c] maps
 # to that op's positional arguments).
-BULK_OPS: dict[int, tuple[str, Any]] = {
-    0: ("alloc", lambda a, b, c: (a, b, c, None)),
-    1: ("access", lambda a, b, c: (a, b, c, False, None)),
-    2: ("access", lambda a, b, c: (a, b, c, True, None)),
-    3: ("free", lambda a, b, c: (a, None)),
-    4: ("record_stream", lambda a, b, c: (a, b, None)),
-    5: ("event_record", lambda a, b, c: (a, b)),
-    6: ("event_wait", lambda a, b, c: (a, b)),
-    7: ("stream_wait", lambda a, b, c: (a, b)),
-    8: ("stream_synchronize", lambda a, b, c: (a,)),
-    9: ("event_synchronize", lambda a, b, c: (a,)),
-    10: ("device_synchronize", lambda a, b, c: ()),
-}
+BULK_OPS: dict[int, tuple[str, Any]] = {code: (b.op, b.args) for code, b in vocab.BULK.items()}
 
 
 class TraceError(LifetimesError):
