@@ -5,14 +5,15 @@
 //! error keeps the engine's state as it was (interned sites included).
 
 use crate::engine::{Engine as Core, EngineError, Handle, Stats};
-use crate::hazard::Hazard as CoreHazard;
+use crate::hazard::{Hazard as CoreHazard, Kind};
 use crate::sites::{SiteId, NO_SITE};
 use parking_lot::Mutex;
+use pyo3::basic::CompareOp;
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 
 create_exception!(
@@ -48,10 +49,24 @@ fn describe(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "<unprintable>".to_owned())
 }
 
+/// Ints are ints: Python ints and numpy integer scalars (anything with `__index__`),
+/// never a bool. Flags are bools (numpy's too), never an int. One rule for every
+/// argument, checked before any state changes.
+#[inline]
+fn not_bool(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(InvalidArgumentError::new_err(format!(
+            "{what} must be an int, not a bool, got {}",
+            describe(obj)
+        )));
+    }
+    Ok(())
+}
+
 #[inline]
 fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     match obj.extract::<u64>() {
-        Ok(v) => Ok(v),
+        Ok(v) => not_bool(obj, what).map(|()| v),
         Err(_) => Err(InvalidArgumentError::new_err(
             if obj.is_instance_of::<PyInt>() {
                 format!(
@@ -68,7 +83,7 @@ fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
 #[inline]
 fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     match obj.extract::<i64>() {
-        Ok(v) if v > 0 => Ok(v as u64),
+        Ok(v) if v > 0 && !obj.is_instance_of::<PyBool>() => Ok(v as u64),
         _ => Err(InvalidArgumentError::new_err(format!(
             "nbytes must be a positive int, got {}",
             describe(obj)
@@ -79,6 +94,7 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
 #[inline]
 fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
     if let Ok(v) = obj.extract::<i64>() {
+        not_bool(obj, what)?;
         return Ok(Handle::from(v));
     }
     if let Ok(v) = obj.extract::<u64>() {
@@ -213,6 +229,29 @@ impl Engine {
             handle_arg(stream, "stream")?,
         );
         self.with_site(site, |c, id| c.alloc(p, n, s, id))
+    }
+
+    /// A storage whose allocation was not seen (it existed before tracking began).
+    #[pyo3(signature = (ptr, nbytes, stream, site=None))]
+    fn adopt(
+        &self,
+        ptr: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+        stream: &Bound<'_, PyAny>,
+        site: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (p, n, s) = (
+            ptr_arg(ptr, "ptr")?,
+            size_arg(nbytes)?,
+            handle_arg(stream, "stream")?,
+        );
+        self.with_site(site, |c, id| c.adopt(p, n, s, id))
+    }
+
+    /// The end of a region, test or run: every pending free is judged now, and the
+    /// advice of record_stream sites redundant every time they ran is emitted.
+    fn flush(&self) {
+        self.core.lock().flush();
     }
 
     /// Work on `stream` reads (or writes) `[ptr, ptr+nbytes)` inside one live storage.
@@ -457,6 +496,7 @@ impl Engine {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let Stats {
             live_storages,
+            pending_frees,
             freed_tracked,
             freed_dropped,
             pending_host_copies,
@@ -468,6 +508,7 @@ impl Engine {
         } = self.core.lock().stats();
         let d = PyDict::new(py);
         d.set_item("live_storages", live_storages)?;
+        d.set_item("pending_frees", pending_frees)?;
         d.set_item("freed_tracked", freed_tracked)?;
         d.set_item("freed_dropped", freed_dropped)?;
         d.set_item("pending_host_copies", pending_host_copies)?;
@@ -488,6 +529,18 @@ impl Engine {
                 "replay takes a C-contiguous numpy int64 array of shape (N, 4): {e}"
             ))
         })?;
+        let format = buf.format().to_string_lossy();
+        let foreign = if cfg!(target_endian = "little") {
+            format.starts_with(['>', '!'])
+        } else {
+            format.starts_with('<')
+        };
+        if foreign {
+            return Err(InvalidArgumentError::new_err(format!(
+                "replay takes int64 rows in the machine's byte order, got buffer format \
+                 {format:?}: convert with array.astype(numpy.int64)"
+            )));
+        }
         let shape = buf.shape();
         if buf.dimensions() != 2 || shape[1] != 4 || !buf.is_c_contiguous() {
             return Err(InvalidArgumentError::new_err(format!(
@@ -574,7 +627,34 @@ pub struct Hazard {
     message: String,
 }
 
+type Identity<'a> = (
+    &'a str,
+    u64,
+    u64,
+    [Option<Handle>; 3],
+    [Option<&'a str>; 4],
+    Option<u64>,
+    Option<u64>,
+);
+
 impl Hazard {
+    fn identity(&self) -> Identity<'_> {
+        (
+            self.kind,
+            self.ptr,
+            self.nbytes,
+            [self.alloc_stream, self.use_stream, self.other_stream],
+            [
+                self.alloc_site.as_deref(),
+                self.use_site.as_deref(),
+                self.free_site.as_deref(),
+                self.other_site.as_deref(),
+            ],
+            self.other_ptr,
+            self.other_nbytes,
+        )
+    }
+
     fn from_core(core: &Core, h: &CoreHazard) -> Self {
         let handle = |s: Option<u32>| s.map(|s| core.stream_handle(s));
         let name = |s: Option<u32>| s.map(|s| core.stream_label(s));
@@ -598,7 +678,7 @@ impl Hazard {
             other_ptr: h.other_ptr,
             other_nbytes: h.other_nbytes,
             live: h.live,
-            message: core.message(h),
+            message: crate::describe::message(core, h),
         }
     }
 }
@@ -630,6 +710,37 @@ impl Hazard {
         Ok(d)
     }
 
+    /// Pickles as its fields (a `LifetimeHazardError` crosses process boundaries).
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyDict>,))> {
+        let module = py.import("esper_lifetimes._core")?;
+        Ok((module.getattr("_hazard_from_dict")?, (self.to_dict(py)?,)))
+    }
+
+    /// Equal when the identity fields agree (kind, storage, streams, sites, the other
+    /// allocation); `count`, `live` and `message` grow with repeats and are not compared.
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<Hazard>() else {
+            return Ok(py.NotImplemented());
+        };
+        let same = self.identity() == other.get().identity();
+        match op {
+            CompareOp::Eq => Ok(PyBool::new(py, same).to_owned().into_any().unbind()),
+            CompareOp::Ne => Ok(PyBool::new(py, !same).to_owned().into_any().unbind()),
+            _ => Ok(py.NotImplemented()),
+        }
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.identity().hash(&mut h);
+        h.finish()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Hazard(kind={:?}, count={}, ptr={:#x}, use_site={:?})",
@@ -645,9 +756,71 @@ impl Hazard {
     }
 }
 
+/// Rebuilds a pickled `Hazard` from its `to_dict()`.
+#[pyfunction]
+fn _hazard_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Hazard> {
+    fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, k: &str) -> PyResult<T> {
+        match d.get_item(k)? {
+            Some(v) => v.extract::<T>().map_err(Into::into),
+            None => Err(InvalidArgumentError::new_err(format!(
+                "a pickled Hazard needs the field {k:?}"
+            ))),
+        }
+    }
+    let kind_name: String = get(d, "kind")?;
+    let Some(kind) = Kind::ALL.iter().find(|k| k.name() == kind_name) else {
+        return Err(InvalidArgumentError::new_err(format!(
+            "unknown hazard kind {kind_name:?}"
+        )));
+    };
+    Ok(Hazard {
+        kind: kind.name(),
+        severity: kind.severity(),
+        count: get(d, "count")?,
+        ptr: get(d, "ptr")?,
+        nbytes: get(d, "nbytes")?,
+        alloc_stream: get(d, "alloc_stream")?,
+        use_stream: get(d, "use_stream")?,
+        other_stream: get(d, "other_stream")?,
+        alloc_stream_name: get(d, "alloc_stream_name")?,
+        use_stream_name: get(d, "use_stream_name")?,
+        other_stream_name: get(d, "other_stream_name")?,
+        alloc_site: get(d, "alloc_site")?,
+        use_site: get(d, "use_site")?,
+        free_site: get(d, "free_site")?,
+        other_site: get(d, "other_site")?,
+        other_ptr: get(d, "other_ptr")?,
+        other_nbytes: get(d, "other_nbytes")?,
+        live: get(d, "live")?,
+        message: get(d, "message")?,
+    })
+}
+
+/// The hazard kinds, from the Rust `Kind` enum: the one list the Python side reads.
+fn kinds(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    let mut out = Vec::new();
+    for k in Kind::ALL {
+        let d = PyDict::new(py);
+        d.set_item("name", k.name())?;
+        d.set_item("severity", k.severity())?;
+        d.set_item("title", k.title())?;
+        d.set_item("hint", k.hint())?;
+        let roles = k
+            .roles()
+            .iter()
+            .map(|&(label, site, stream)| (label, site, stream))
+            .collect::<Vec<_>>();
+        d.set_item("roles", PyTuple::new(py, roles)?)?;
+        out.push(d);
+    }
+    PyTuple::new(py, out)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    m.add("KINDS", kinds(py)?)?;
+    m.add_function(wrap_pyfunction!(_hazard_from_dict, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<Hazard>()?;
     m.add("LifetimesError", py.get_type::<LifetimesError>())?;

@@ -11,7 +11,7 @@ use crate::hazard::{DedupKey, Hazard, Kind};
 use crate::shadow::{Access, Conflicts, Shadow};
 use crate::sites::{SiteId, Sites, NO_SITE};
 use smallvec::SmallVec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 /// A caller's handle for a stream or an event: any int in the i64 or u64 range.
@@ -53,6 +53,9 @@ struct Stream {
     is_virtual: bool,
     /// Positions proven still in flight by the latest query that returned false.
     incomplete: Option<(u64, u64)>,
+    /// Frees of storages allocated on this stream that await their verdict (judged at
+    /// the next allocation on this stream or at `flush`), in free order.
+    pending: Vec<Pending>,
 }
 
 #[derive(Default)]
@@ -66,6 +69,9 @@ struct Use {
     stream: u32,
     pos: u64,
     site: SiteId,
+    /// This stream is known ordered after the storage's allocation position (checked
+    /// once; clocks only grow, so it stays true).
+    after_alloc: bool,
 }
 
 struct Storage {
@@ -73,12 +79,29 @@ struct Storage {
     nbytes: u64,
     alloc_stream: u32,
     alloc_site: SiteId,
+    /// The allocation stream's position at the allocation (0: nothing to wait for, or an
+    /// adopted storage whose allocation was not seen).
+    alloc_pos: u64,
     /// Streams given to record_stream, with the site of that call.
     recorded: SmallVec<[(u32, SiteId); 2]>,
     /// Latest use per stream other than the allocation stream, in first-use order.
     uses: SmallVec<[Use; 2]>,
     shadow: Shadow,
 }
+
+/// A free whose verdict waits for the next allocation on its allocation stream.
+struct Pending {
+    seq: u64,
+    base: u64,
+    nbytes: u64,
+    alloc_site: SiteId,
+    free_site: SiteId,
+    recorded: SmallVec<[(u32, SiteId); 2]>,
+    uses: SmallVec<[Use; 2]>,
+}
+
+/// The allocation that triggered a verdict: (ptr, nbytes, stream, site).
+type Trigger = (u64, u64, u32, SiteId);
 
 /// A freed range whose uncovered uses may still be in flight (for `reuse-race`).
 struct Tomb {
@@ -104,6 +127,7 @@ struct HostCopy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub live_storages: usize,
+    pub pending_frees: usize,
     pub freed_tracked: usize,
     pub freed_dropped: u64,
     pub pending_host_copies: usize,
@@ -131,6 +155,12 @@ pub enum Op {
     Free {
         ptr: u64,
     },
+    Adopt {
+        ptr: u64,
+        nbytes: u64,
+        stream: Handle,
+    },
+    Flush,
     RecordStream {
         ptr: u64,
         stream: Handle,
@@ -206,7 +236,13 @@ impl Op {
             8 => Op::StreamSync { stream: a.into() },
             9 => Op::EventSync { event: a.into() },
             10 => Op::DeviceSync,
-            other => return invalid(format!("unknown op code {other} (expected 0..=10)")),
+            11 => Op::Adopt {
+                ptr: ptr(a, "ptr")?,
+                nbytes: size(b)?,
+                stream: c.into(),
+            },
+            12 => Op::Flush,
+            other => return invalid(format!("unknown op code {other} (expected 0..=12)")),
         })
     }
 }
@@ -237,6 +273,13 @@ pub struct Engine {
     sites: Sites,
     hazards: Vec<Hazard>,
     hazard_ix: MixMap<DedupKey, usize>,
+    /// `redundant-record-stream` candidates, emitted by `flush` for sites never needed.
+    advice: Vec<Hazard>,
+    advice_ix: MixMap<DedupKey, usize>,
+    /// record_stream call sites that some judged free needed.
+    needed_sites: HashSet<SiteId>,
+    pending_frees: usize,
+    pending_seq: u64,
     errors: usize,
     processed: u64,
     scratch: Conflicts,
@@ -266,6 +309,11 @@ impl Engine {
             sites: Sites::default(),
             hazards: Vec::new(),
             hazard_ix: MixMap::default(),
+            advice: Vec::new(),
+            advice_ix: MixMap::default(),
+            needed_sites: HashSet::new(),
+            pending_frees: 0,
+            pending_seq: 0,
             errors: 0,
             processed: 0,
             scratch: Conflicts::new(),
@@ -318,6 +366,7 @@ impl Engine {
             name: None,
             is_virtual: false,
             incomplete: None,
+            pending: Vec::new(),
         });
         self.stream_ix.insert(handle, ix);
         ix
@@ -478,36 +527,71 @@ impl Engine {
         Some((st.base, st.nbytes, self.stream_handle(st.alloc_stream)))
     }
 
-    pub fn alloc(&mut self, ptr: u64, nbytes: u64, stream: Handle, site: SiteId) -> Result<()> {
+    /// The end of a new storage `[ptr, ptr+nbytes)`, or the error if it overlaps a live one.
+    fn check_new(&self, what: &str, ptr: u64, nbytes: u64) -> Result<u64> {
         let end = Self::check_size(nbytes, ptr)?;
         if let Some((&base, &bend)) = self.by_addr.range(..end).next_back() {
             if bend > ptr {
                 return unknown(format!(
-                    "alloc of {ptr:#x} ({nbytes} bytes) overlaps the live storage at {base:#x} \
+                    "{what} of {ptr:#x} ({nbytes} bytes) overlaps the live storage at {base:#x} \
                      ({} bytes): free it first",
                     bend - base
                 ));
             }
         }
-        self.processed += 1;
-        let s = self.stream(stream);
-        self.check_reuse(ptr, end, s, site);
+        Ok(end)
+    }
+
+    fn insert_storage(&mut self, ptr: u64, end: u64, s: u32, site: SiteId, alloc_pos: u64) {
         let storage = Storage {
             base: ptr,
-            nbytes,
+            nbytes: end - ptr,
             alloc_stream: s,
             alloc_site: site,
+            alloc_pos,
             recorded: SmallVec::new(),
             uses: SmallVec::new(),
-            shadow: Shadow::new(nbytes),
+            shadow: Shadow::new(end - ptr),
         };
         self.storages.insert(ptr, storage);
         self.by_addr.insert(ptr, end);
+    }
+
+    /// A storage allocated on `stream`: first the verdicts of the frees pending on that
+    /// stream (this allocation could receive their blocks), then the reuse check.
+    pub fn alloc(&mut self, ptr: u64, nbytes: u64, stream: Handle, site: SiteId) -> Result<()> {
+        let end = self.check_new("alloc", ptr, nbytes)?;
+        self.processed += 1;
+        let s = self.stream(stream);
+        if !self.streams[s as usize].pending.is_empty() {
+            let pending = std::mem::take(&mut self.streams[s as usize].pending);
+            for p in pending {
+                self.judge(s, p, Some((ptr, nbytes, s, site)));
+            }
+        }
+        self.check_reuse(ptr, end, s, site);
+        let alloc_pos = self.streams[s as usize].pos;
+        self.insert_storage(ptr, end, s, site, alloc_pos);
         Ok(())
     }
 
-    /// `reuse-race`: the new allocation `[ptr, end)` on stream `s` over freed bytes.
-    fn check_reuse(&mut self, ptr: u64, end: u64, s: u32, site: SiteId) {
+    /// A storage whose allocation was not seen (it existed before tracking began): no
+    /// verdicts, no reuse check (freed ranges under it are forgotten), and never judged
+    /// by `unwaited-allocation`.
+    pub fn adopt(&mut self, ptr: u64, nbytes: u64, stream: Handle, site: SiteId) -> Result<()> {
+        let end = self.check_new("adopt", ptr, nbytes)?;
+        self.processed += 1;
+        let s = self.stream(stream);
+        let hit: SmallVec<[u64; 2]> = self.tombs_under(ptr, end);
+        for base in hit {
+            self.tombs.remove(&base);
+        }
+        self.insert_storage(ptr, end, s, site, 0);
+        Ok(())
+    }
+
+    /// Base pointers of the freed ranges overlapping `[ptr, end)`, in address order.
+    fn tombs_under(&self, ptr: u64, end: u64) -> SmallVec<[u64; 2]> {
         let mut hit: SmallVec<[u64; 2]> = SmallVec::new();
         for (&base, tomb) in self.tombs.range(..end).rev() {
             if tomb.end <= ptr {
@@ -515,8 +599,116 @@ impl Engine {
             }
             hit.push(base);
         }
-        for base in hit.into_iter().rev() {
+        hit.reverse();
+        hit
+    }
+
+    /// The end of a region, test or run: every pending free is judged now, and the
+    /// advice of record_stream sites that were redundant every time is emitted.
+    pub fn flush(&mut self) {
+        self.processed += 1;
+        let mut all: Vec<(u32, Pending)> = Vec::new();
+        for (i, st) in self.streams.iter_mut().enumerate() {
+            all.extend(st.pending.drain(..).map(|p| (i as u32, p)));
+        }
+        all.sort_by_key(|(_, p)| p.seq);
+        for (a, p) in all {
+            self.judge(a, p, None);
+        }
+        let advice = std::mem::take(&mut self.advice);
+        self.advice_ix.clear();
+        for h in advice {
+            if !self.needed_sites.contains(&h.use_site) {
+                self.report(h);
+            }
+        }
+    }
+
+    /// The verdict on one pending free of a storage allocated on `a`.
+    fn judge(&mut self, a: u32, p: Pending, trigger: Option<Trigger>) {
+        self.pending_frees -= 1;
+        self.judge_uses(
+            a,
+            p.base,
+            p.nbytes,
+            p.alloc_site,
+            p.free_site,
+            &p.recorded,
+            &p.uses,
+            trigger,
+        );
+    }
+
+    /// `unsynced-free` for each use neither recorded nor covered; for each recorded
+    /// stream, its call site is needed (an uncovered use) or a redundant candidate.
+    #[allow(clippy::too_many_arguments)]
+    fn judge_uses(
+        &mut self,
+        a: u32,
+        base: u64,
+        nbytes: u64,
+        alloc_site: SiteId,
+        free_site: SiteId,
+        recorded: &[(u32, SiteId)],
+        uses: &[Use],
+        trigger: Option<Trigger>,
+    ) {
+        for u in uses {
+            if recorded.iter().any(|&(r, _)| r == u.stream) || self.covered(a, u) {
+                continue;
+            }
+            let mut h = Hazard::new(Kind::UnsyncedFree, base, nbytes);
+            h.alloc_stream = Some(a);
+            h.alloc_site = alloc_site;
+            h.use_stream = Some(u.stream);
+            h.use_site = u.site;
+            h.free_site = free_site;
+            if let Some((tp, tn, ts, tsite)) = trigger {
+                h.other_ptr = Some(tp);
+                h.other_nbytes = Some(tn);
+                h.other_stream = Some(ts);
+                h.other_site = tsite;
+            }
+            h.live = self.live(u.stream, u.pos);
+            self.report(h);
+        }
+        for &(r, rsite) in recorded {
+            let needed = uses
+                .iter()
+                .find(|u| u.stream == r)
+                .is_some_and(|u| !self.covered(a, u));
+            if needed {
+                self.needed_sites.insert(rsite);
+                continue;
+            }
+            let mut h = Hazard::new(Kind::RedundantRecordStream, base, nbytes);
+            h.alloc_stream = Some(a);
+            h.alloc_site = alloc_site;
+            h.use_stream = Some(r);
+            h.use_site = rsite;
+            h.free_site = free_site;
+            self.advise(h);
+        }
+    }
+
+    /// Is the use ordered before the future work of allocation stream `a`?
+    #[inline]
+    fn covered(&self, a: u32, u: &Use) -> bool {
+        self.host.covers(u.stream, u.pos) || self.streams[a as usize].clock.covers(u.stream, u.pos)
+    }
+
+    /// `reuse-race`: the new allocation `[ptr, end)` on stream `s` over freed bytes.
+    fn check_reuse(&mut self, ptr: u64, end: u64, s: u32, site: SiteId) {
+        for base in self.tombs_under(ptr, end) {
             let tomb = self.tombs.remove(&base).expect("tomb");
+            let a = tomb.alloc_stream;
+            // The CPU allocator behind virtual streams reuses addresses across streams;
+            // CUDA's per-stream pools could not make this reuse.
+            if a != s
+                && (self.streams[a as usize].is_virtual || self.streams[s as usize].is_virtual)
+            {
+                continue;
+            }
             for u in &tomb.uses {
                 if self.host.covers(u.stream, u.pos)
                     || self.streams[s as usize].clock.covers(u.stream, u.pos)
@@ -571,6 +763,7 @@ impl Engine {
         };
         let mut conflicts = std::mem::take(&mut self.scratch);
         conflicts.clear();
+        let mut unwaited: Option<(u32, u64)> = None;
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
             let st = storages.get_mut(&base).expect("live storage");
@@ -584,16 +777,30 @@ impl Engine {
                 &mut conflicts,
             );
             if s != st.alloc_stream {
-                match st.uses.iter_mut().find(|u| u.stream == s) {
-                    Some(u) => {
-                        u.pos = pos;
-                        u.site = site;
+                let ix = match st.uses.iter().position(|u| u.stream == s) {
+                    Some(i) => {
+                        st.uses[i].pos = pos;
+                        st.uses[i].site = site;
+                        i
                     }
-                    None => st.uses.push(Use {
-                        stream: s,
-                        pos,
-                        site,
-                    }),
+                    None => {
+                        st.uses.push(Use {
+                            stream: s,
+                            pos,
+                            site,
+                            after_alloc: false,
+                        });
+                        st.uses.len() - 1
+                    }
+                };
+                let u = &mut st.uses[ix];
+                if !u.after_alloc {
+                    let (a, a0) = (st.alloc_stream, st.alloc_pos);
+                    if a0 == 0 || clock.covers(a, a0) || host.covers(a, a0) {
+                        u.after_alloc = true;
+                    } else if !conflicts.iter().any(|c| c.stream == a) {
+                        unwaited = Some((a, a0));
+                    }
                 }
             }
         }
@@ -611,6 +818,16 @@ impl Engine {
                 h.live = self.live(prior.stream, prior.pos);
                 self.report(h);
             }
+        }
+        if let Some((a, a0)) = unwaited {
+            let st = self.storage(base);
+            let mut h = Hazard::new(Kind::UnwaitedAllocation, base, len);
+            h.alloc_stream = Some(a);
+            h.alloc_site = st.alloc_site;
+            h.use_stream = Some(s);
+            h.use_site = site;
+            h.live = self.live(a, a0);
+            self.report(h);
         }
         self.scratch = conflicts;
     }
@@ -672,7 +889,7 @@ impl Engine {
         h.alloc_site = st.alloc_site;
         h.use_stream = Some(s);
         h.use_site = site;
-        self.report(h);
+        self.advise(h);
         Ok(())
     }
 
@@ -689,40 +906,37 @@ impl Engine {
         self.processed += 1;
         self.by_addr.remove(&ptr);
         let a = st.alloc_stream;
-        let covered = |e: &Engine, u: &Use| {
-            e.host.covers(u.stream, u.pos) || e.streams[a as usize].clock.covers(u.stream, u.pos)
-        };
-        let mut uncovered: SmallVec<[Use; 2]> = SmallVec::new();
-        for u in &st.uses {
-            if st.recorded.iter().any(|&(r, _)| r == u.stream) || covered(self, u) {
-                continue;
-            }
-            uncovered.push(*u);
-            let mut h = Hazard::new(Kind::UnsyncedFree, st.base, st.nbytes);
-            h.alloc_stream = Some(a);
-            h.alloc_site = st.alloc_site;
-            h.use_stream = Some(u.stream);
-            h.use_site = u.site;
-            h.free_site = site;
-            h.live = self.live(u.stream, u.pos);
-            self.report(h);
-        }
-        for &(r, rsite) in &st.recorded {
-            let needed = st
-                .uses
-                .iter()
-                .find(|u| u.stream == r)
-                .is_some_and(|u| !covered(self, u));
-            if needed {
-                continue;
-            }
-            let mut h = Hazard::new(Kind::RedundantRecordStream, st.base, st.nbytes);
-            h.alloc_stream = Some(a);
-            h.alloc_site = st.alloc_site;
-            h.use_stream = Some(r);
-            h.use_site = rsite;
-            h.free_site = site;
-            self.report(h);
+        // Uses not recorded and not covered now: the bytes a reuse could race with.
+        let uncovered: SmallVec<[Use; 2]> = st
+            .uses
+            .iter()
+            .filter(|u| !st.recorded.iter().any(|&(r, _)| r == u.stream) && !self.covered(a, u))
+            .copied()
+            .collect();
+        if st.uses.iter().all(|u| self.covered(a, u)) {
+            // Nothing can change the verdict any more: take it now.
+            self.judge_uses(
+                a,
+                st.base,
+                st.nbytes,
+                st.alloc_site,
+                site,
+                &st.recorded,
+                &st.uses,
+                None,
+            );
+        } else {
+            self.pending_seq += 1;
+            self.pending_frees += 1;
+            self.streams[a as usize].pending.push(Pending {
+                seq: self.pending_seq,
+                base: st.base,
+                nbytes: st.nbytes,
+                alloc_site: st.alloc_site,
+                free_site: site,
+                recorded: st.recorded.clone(),
+                uses: st.uses.clone(),
+            });
         }
         if !uncovered.is_empty() {
             self.tombs.insert(
@@ -770,6 +984,32 @@ impl Engine {
         self.processed += 1;
         let s = self.stream(stream);
         let pos = self.enqueue(s);
+        // Pinned memory that device copies touch is memory like any other: a copy into
+        // it (device to host) writes it, a copy out of it reads it, on the copy's stream.
+        let clock = &self.streams[s as usize].clock;
+        let host = &self.host;
+        let races: SmallVec<[HostCopy; 2]> = self
+            .copies
+            .iter()
+            .filter(|c| {
+                c.start < end
+                    && ptr < c.end
+                    && c.stream != s
+                    && (c.to_host || to_host)
+                    && !clock.covers(c.stream, c.pos)
+                    && !host.covers(c.stream, c.pos)
+            })
+            .copied()
+            .collect();
+        for c in races {
+            let mut h = Hazard::new(Kind::UnsyncedAccess, ptr, nbytes);
+            h.use_stream = Some(s);
+            h.use_site = site;
+            h.other_stream = Some(c.stream);
+            h.other_site = c.site;
+            h.live = self.live(c.stream, c.pos);
+            self.report(h);
+        }
         self.copies.push(HostCopy {
             start: ptr,
             end,
@@ -856,6 +1096,15 @@ impl Engine {
                 write,
             } => self.access(ptr, nbytes, stream, write, NO_SITE),
             Op::Free { ptr } => self.free(ptr, NO_SITE),
+            Op::Adopt {
+                ptr,
+                nbytes,
+                stream,
+            } => self.adopt(ptr, nbytes, stream, NO_SITE),
+            Op::Flush => {
+                self.flush();
+                Ok(())
+            }
             Op::RecordStream { ptr, stream } => self.record_stream(ptr, stream, NO_SITE),
             Op::EventRecord { event, stream } => {
                 self.event_record(event, stream);
@@ -901,11 +1150,24 @@ impl Engine {
 
     // ----- hazards -------------------------------------------------------------------
 
+    /// A `redundant-record-stream` candidate: held until `flush`, which emits it only if
+    /// its call site was never needed (advice is about a line of code).
+    fn advise(&mut self, h: Hazard) {
+        let key = h.dedup_key();
+        match self.advice_ix.get(&key) {
+            Some(&i) => self.advice[i].count += 1,
+            None => {
+                self.advice_ix.insert(key, self.advice.len());
+                self.advice.push(h);
+            }
+        }
+    }
+
     fn report(&mut self, h: Hazard) {
         let key = h.dedup_key();
         if let Some(&i) = self.hazard_ix.get(&key) {
             let prev = &mut self.hazards[i];
-            prev.count += 1;
+            prev.count += h.count;
             if h.live == Some(true) {
                 prev.live = Some(true);
             }
@@ -926,106 +1188,10 @@ impl Engine {
         self.errors
     }
 
-    /// A readable sentence naming everything in the hazard.
-    pub fn message(&self, h: &Hazard) -> String {
-        let site = |id: SiteId| self.site(id).unwrap_or("<unknown site>").to_owned();
-        let stream = |s: Option<u32>| s.map_or("<none>".to_owned(), |s| self.stream_label(s));
-        let storage = format!("storage {:#x} ({} bytes)", h.ptr, h.nbytes);
-        let alloc = format!(
-            "allocated on {} at {}",
-            stream(h.alloc_stream),
-            site(h.alloc_site)
-        );
-        let live = match h.live {
-            Some(true) => " The use was still in flight (live).",
-            _ => "",
-        };
-        let repeats = if h.count > 1 {
-            format!(" Seen {} times.", h.count)
-        } else {
-            String::new()
-        };
-        let body = match h.kind {
-            Kind::UnsyncedFree => format!(
-                "{storage}, {alloc}, was freed at {} while its use on {} at {} was not ordered \
-                 before the allocation stream's future work: no record_stream({}), no wait of \
-                 {} on it, and no host synchronization.",
-                site(h.free_site),
-                stream(h.use_stream),
-                site(h.use_site),
-                stream(h.use_stream),
-                stream(h.alloc_stream),
-            ),
-            Kind::ReuseRace => format!(
-                "{storage}, {alloc}, freed at {} with an uncovered use on {} at {}, was \
-                 reallocated at {} on {} as {:#x} ({} bytes) before that use was known \
-                 complete: the new owner can overwrite bytes the use still reads.",
-                site(h.free_site),
-                stream(h.use_stream),
-                site(h.use_site),
-                site(h.other_site),
-                stream(h.other_stream),
-                h.other_ptr.unwrap_or(0),
-                h.other_nbytes.unwrap_or(0),
-            ),
-            Kind::UnsyncedAccess => format!(
-                "{storage}, {alloc}, is accessed on {} at {} and on {} at {} with neither \
-                 ordered before the other, and at least one of them writes.",
-                stream(h.use_stream),
-                site(h.use_site),
-                stream(h.other_stream),
-                site(h.other_site),
-            ),
-            Kind::HostReadBeforeCopy => format!(
-                "host memory {:#x} ({} bytes) was read at {} before the non-blocking \
-                 device-to-host copy into it on {} at {} was known complete.",
-                h.ptr,
-                h.nbytes,
-                site(h.other_site),
-                stream(h.use_stream),
-                site(h.use_site),
-            ),
-            Kind::HostWriteDuringCopy => format!(
-                "pinned host memory {:#x} ({} bytes) was written at {} before the \
-                 non-blocking host-to-device copy from it on {} at {} was known complete.",
-                h.ptr,
-                h.nbytes,
-                site(h.other_site),
-                stream(h.use_stream),
-                site(h.use_site),
-            ),
-            Kind::RedundantRecordStream => {
-                let why = if h.free_site == NO_SITE {
-                    if h.use_stream == h.alloc_stream {
-                        "it is the allocation stream, where frees are already stream-ordered"
-                            .to_owned()
-                    } else {
-                        "that stream was already recorded".to_owned()
-                    }
-                } else {
-                    format!(
-                        "by the free at {} every use on that stream was already covered by a \
-                         wait or a synchronization (the record only delayed reuse)",
-                        site(h.free_site)
-                    )
-                };
-                format!(
-                    "record_stream({}) at {} on {storage}, {alloc}, is redundant: {why}.",
-                    stream(h.use_stream),
-                    site(h.use_site),
-                )
-            }
-        };
-        format!(
-            "{} ({}): {body}{live}{repeats}",
-            h.kind.name(),
-            h.kind.severity()
-        )
-    }
-
     pub fn stats(&self) -> Stats {
         Stats {
             live_storages: self.storages.len(),
+            pending_frees: self.pending_frees,
             freed_tracked: self.tombs.len(),
             freed_dropped: self.tombs_dropped,
             pending_host_copies: self.copies.len(),

@@ -1,4 +1,8 @@
-//! Hazard kinds and records (SEMANTICS.md, "Hazards" and "Advice").
+//! Hazard kinds and records (docs/SEMANTICS.md, "Hazards" and "Advice").
+//!
+//! `Kind` is the one list of hazard kinds: its name, severity, title, fix hint and the
+//! roles of its sites are defined here and exported to Python as `_core.KINDS`; nothing
+//! else lists the kinds by hand.
 
 use crate::sites::SiteId;
 
@@ -6,16 +10,22 @@ use crate::sites::SiteId;
 pub enum Kind {
     UnsyncedFree,
     ReuseRace,
+    UnwaitedAllocation,
     UnsyncedAccess,
     HostReadBeforeCopy,
     HostWriteDuringCopy,
     RedundantRecordStream,
 }
 
+/// Which hazard field a report line shows: (label, site field, stream field).
+pub type Role = (&'static str, &'static str, Option<&'static str>);
+
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    /// Every kind, in report order (errors first, then advice).
+    pub const ALL: [Kind; 7] = [
         Kind::UnsyncedFree,
         Kind::ReuseRace,
+        Kind::UnwaitedAllocation,
         Kind::UnsyncedAccess,
         Kind::HostReadBeforeCopy,
         Kind::HostWriteDuringCopy,
@@ -26,6 +36,7 @@ impl Kind {
         match self {
             Kind::UnsyncedFree => "unsynced-free",
             Kind::ReuseRace => "reuse-race",
+            Kind::UnwaitedAllocation => "unwaited-allocation",
             Kind::UnsyncedAccess => "unsynced-access",
             Kind::HostReadBeforeCopy => "host-read-before-copy",
             Kind::HostWriteDuringCopy => "host-write-during-copy",
@@ -42,6 +53,107 @@ impl Kind {
 
     pub fn is_error(self) -> bool {
         !matches!(self, Kind::RedundantRecordStream)
+    }
+
+    /// One line saying what went wrong.
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::UnsyncedFree => "storage freed while another stream may still use it",
+            Kind::ReuseRace => "freed block handed to a new allocation under an unfinished use",
+            Kind::UnwaitedAllocation => {
+                "fresh storage used on another stream before that stream waited for its allocation"
+            }
+            Kind::UnsyncedAccess => {
+                "two streams access the same bytes, at least one writes, with no ordering"
+            }
+            Kind::HostReadBeforeCopy => {
+                "host reads memory a non-blocking device-to-host copy is still writing"
+            }
+            Kind::HostWriteDuringCopy => {
+                "host writes pinned memory a non-blocking host-to-device copy still reads"
+            }
+            Kind::RedundantRecordStream => "record_stream that changes nothing but delays reuse",
+        }
+    }
+
+    /// The generic fix; reports name the real tensor and stream where they know them.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Kind::UnsyncedFree => {
+                "call t.record_stream(s) for the using stream s before the free, or make the \
+                 allocation stream wait for s (alloc_stream.wait_stream(s)) before its next \
+                 allocation, or synchronize s first."
+            }
+            Kind::ReuseRace => {
+                "its cause is the unsynced-free of the first storage: fixing that free removes \
+                 it. Until then the new owner may overwrite bytes the old use still reads."
+            }
+            Kind::UnwaitedAllocation => {
+                "make the using stream wait for the allocation stream \
+                 (s.wait_stream(alloc_stream)) before the fresh tensor's first use on it: the \
+                 block may still be in use by its previous owner's pending work."
+            }
+            Kind::UnsyncedAccess => {
+                "order the two streams: reader.wait_stream(writer) (or an event record/wait) \
+                 before the second access."
+            }
+            Kind::HostReadBeforeCopy => {
+                "synchronize the copy's stream, or an event recorded after the copy, before \
+                 reading the host tensor."
+            }
+            Kind::HostWriteDuringCopy => {
+                "synchronize the copy's stream (or an event recorded after the copy) before \
+                 writing the pinned source."
+            }
+            Kind::RedundantRecordStream => {
+                "drop the record_stream call: each time it ran, the stream was the allocation \
+                 stream, already recorded, or already ordered by a wait or sync."
+            }
+        }
+    }
+
+    /// The sites a report shows for this kind, in order.
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Kind::UnsyncedFree => &[
+                ("allocated", "alloc_site", Some("alloc_stream_name")),
+                ("used", "use_site", Some("use_stream_name")),
+                ("freed", "free_site", None),
+                (
+                    "judged at allocation",
+                    "other_site",
+                    Some("other_stream_name"),
+                ),
+            ],
+            Kind::ReuseRace => &[
+                ("allocated", "alloc_site", Some("alloc_stream_name")),
+                ("used", "use_site", Some("use_stream_name")),
+                ("freed", "free_site", None),
+                ("reallocated", "other_site", Some("other_stream_name")),
+            ],
+            Kind::UnwaitedAllocation => &[
+                ("allocated", "alloc_site", Some("alloc_stream_name")),
+                ("used", "use_site", Some("use_stream_name")),
+            ],
+            Kind::UnsyncedAccess => &[
+                ("allocated", "alloc_site", Some("alloc_stream_name")),
+                ("earlier", "other_site", Some("other_stream_name")),
+                ("racing", "use_site", Some("use_stream_name")),
+            ],
+            Kind::HostReadBeforeCopy => &[
+                ("copy", "use_site", Some("use_stream_name")),
+                ("host read", "other_site", None),
+            ],
+            Kind::HostWriteDuringCopy => &[
+                ("copy", "use_site", Some("use_stream_name")),
+                ("host write", "other_site", None),
+            ],
+            Kind::RedundantRecordStream => &[
+                ("allocated", "alloc_site", Some("alloc_stream_name")),
+                ("recorded", "use_site", Some("use_stream_name")),
+                ("freed", "free_site", None),
+            ],
+        }
     }
 }
 
@@ -87,20 +199,21 @@ impl Hazard {
 
     /// One report per distinct (kind, sites). Without any site, the storage and streams
     /// stand in for them, so unrelated site-less hazards are not merged.
+    ///
+    /// For `unsynced-free` the allocation that triggered the verdict (`other_*`) is not
+    /// part of the key: one mistake is one report, whichever allocation revealed it.
     pub fn dedup_key(&self) -> DedupKey {
-        let sites = [
-            self.alloc_site,
-            self.use_site,
-            self.free_site,
-            self.other_site,
-        ];
+        let judged_at = self.kind == Kind::UnsyncedFree;
+        let other_site = if judged_at { 0 } else { self.other_site };
+        let sites = [self.alloc_site, self.use_site, self.free_site, other_site];
         let anonymous = sites.iter().all(|&s| s == 0);
+        let other_stream = if judged_at { None } else { self.other_stream };
         DedupKey {
             kind: self.kind,
             sites,
             ptr: if anonymous { Some(self.ptr) } else { None },
             streams: if anonymous {
-                Some((self.use_stream, self.other_stream))
+                Some((self.use_stream, other_stream))
             } else {
                 None
             },

@@ -5,18 +5,21 @@
 //! storages, per-byte-range shadow state for race detection, and the hazards found.
 //! `bindings` (feature `python`) is the one thin PyO3 layer over it.
 
-pub mod clock;
-pub mod engine;
-pub mod hashing;
-pub mod hazard;
-pub mod shadow;
-pub mod sites;
+mod clock;
+mod describe;
+mod engine;
+mod hashing;
+mod hazard;
+mod shadow;
+mod sites;
 
 #[cfg(feature = "python")]
 mod bindings;
 
-pub use engine::{Engine, EngineError, Op, Stats};
-pub use hazard::{Hazard, Kind};
+pub use describe::message;
+pub use engine::{Engine, EngineError, Handle, Op, Stats};
+pub use hazard::{Hazard, Kind, Role};
+pub use sites::{SiteId, NO_SITE};
 
 #[cfg(test)]
 mod tests;

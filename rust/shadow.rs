@@ -47,6 +47,7 @@ impl Shadow {
         Shadow { segs }
     }
 
+    #[cfg(test)]
     pub fn segments(&self) -> usize {
         self.segs.len()
     }

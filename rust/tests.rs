@@ -1,4 +1,4 @@
-//! Engine tests: SEMANTICS.md's worked example and the public scenarios as raw traces.
+//! Engine tests: docs/SEMANTICS.md's worked examples and the public scenarios as raw traces.
 
 use crate::engine::{Engine, EngineError, Op};
 use crate::hazard::Kind;
@@ -53,6 +53,8 @@ fn p3_wait_back_makes_the_free_safe_and_p4_adds_redundant_advice() {
     e.stream_wait(D, S);
     e.record_stream(X, S, 0).unwrap();
     e.free(X, 0).unwrap();
+    assert!(e.hazards().is_empty(), "advice waits for flush");
+    e.flush();
     assert_eq!(kinds(&e), ["redundant-record-stream"]);
     assert_eq!(e.error_count(), 0);
 }
@@ -62,6 +64,7 @@ fn p5_record_on_allocation_stream_is_advice() {
     let mut e = Engine::new();
     e.alloc(X, N, D, 0).unwrap();
     e.record_stream(X + 8, D, 0).unwrap();
+    e.flush();
     assert_eq!(kinds(&e), ["redundant-record-stream"]);
 }
 
@@ -82,7 +85,10 @@ fn p6_side_producer_main_consumer() {
     e.stream_wait(D, S);
     e.access(X, N, D, false, 0).unwrap();
     e.free(X, 0).unwrap();
+    assert!(e.hazards().is_empty(), "judged at the next allocation on s");
+    e.alloc(X + N, N, S, 0).unwrap();
     assert_eq!(kinds(&e), ["unsynced-free"]);
+    assert_eq!(e.hazards()[0].other_ptr, Some(X + N));
 }
 
 #[test]
@@ -147,6 +153,8 @@ fn dedup_counts_repeats_by_sites() {
         e.free(p, f).unwrap();
     }
     assert_eq!(kinds(&e), ["unsynced-free"]);
+    assert_eq!(e.hazards()[0].count, 4, "the last free is still pending");
+    e.flush();
     assert_eq!(e.hazards()[0].count, 5);
 }
 
@@ -185,15 +193,18 @@ fn virtual_streams_make_hazards_live_and_queries_prove_in_flight() {
     let mut e = p1_prefix();
     e.define_stream(S, Some("s"), true);
     e.free(X, 0).unwrap();
+    e.flush();
     assert_eq!(e.hazards()[0].live, Some(true));
 
     let mut e = p1_prefix();
     e.free(X, 0).unwrap();
+    e.flush();
     assert_eq!(e.hazards()[0].live, None);
 
     let mut e = p1_prefix();
     e.stream_query(S, false);
     e.free(X, 0).unwrap();
+    e.flush();
     assert_eq!(e.hazards()[0].live, Some(true));
 }
 
@@ -230,7 +241,8 @@ fn bulk_rows_stop_at_the_bad_row() {
     let err = e.apply_rows(rows.into_iter()).unwrap_err();
     assert_eq!(err.0, 3);
     assert_eq!(kinds(&e), ["unsynced-access"]);
-    assert!(Op::decode([11, 0, 0, 0]).is_err());
+    assert!(Op::decode([13, 0, 0, 0]).is_err());
+    assert_eq!(Op::decode([12, 0, 0, 0]), Ok(Op::Flush));
     assert!(Op::decode([0, 1, 0, 0]).is_err());
 }
 
@@ -250,6 +262,213 @@ fn many_freed_ranges_stay_bounded_once_synced() {
     e.alloc(1, 1, D, 0).unwrap();
     e.free(1, 0).unwrap();
     assert!(e.stats().freed_tracked <= 2048, "{:?}", e.stats());
+}
+
+// ----- version 2 of the model -----------------------------------------------------------
+
+#[test]
+fn a_free_is_judged_at_the_next_allocation_on_its_stream_and_names_it() {
+    let mut e = p1_prefix();
+    e.free(X, 0).unwrap();
+    assert_eq!(e.stats().pending_frees, 1);
+    e.alloc(X + 2 * N, N, S, 0).unwrap(); // another stream: not a verdict
+    assert!(e.hazards().is_empty());
+    let z = e.intern("z.py:9");
+    e.alloc(X + 4 * N, 8, D, z).unwrap();
+    assert_eq!(kinds(&e), ["unsynced-free"]);
+    let h = &e.hazards()[0];
+    assert_eq!(
+        (h.other_ptr, h.other_nbytes, h.other_site, h.other_stream),
+        (Some(X + 4 * N), Some(8), z, Some(0))
+    );
+    assert_eq!(e.stats().pending_frees, 0);
+}
+
+#[test]
+fn a_use_covered_before_the_next_allocation_makes_the_free_safe() {
+    for cover in 0..3 {
+        let mut e = p1_prefix();
+        e.free(X, 0).unwrap();
+        match cover {
+            0 => e.stream_wait(D, S),
+            1 => e.stream_synchronize(S),
+            _ => e.device_synchronize(),
+        }
+        e.alloc(X, N, D, 0).unwrap();
+        e.flush();
+        assert!(e.hazards().is_empty(), "cover {cover}: {:?}", kinds(&e));
+    }
+}
+
+#[test]
+fn flush_judges_what_is_still_pending() {
+    let mut e = p1_prefix();
+    e.free(X, 0).unwrap();
+    e.flush();
+    assert_eq!(kinds(&e), ["unsynced-free"]);
+    assert_eq!(e.hazards()[0].other_ptr, None);
+}
+
+/// P13: the producer stream s allocates each batch; the consumer D reads it; the
+/// previous batch is freed with its D use uncovered, and s waits on D before the next
+/// allocation. Without that wait: unsynced-free.
+fn prefetcher(wait: bool) -> Engine {
+    let mut e = Engine::new();
+    let (a, u, f) = (e.intern("p.py:1"), e.intern("p.py:2"), e.intern("p.py:3"));
+    let mut cur: Option<u64> = None;
+    for i in 0..4u64 {
+        let nxt = X + i * N;
+        e.alloc(nxt, N, S, a).unwrap();
+        e.access(nxt, N, S, true, a).unwrap();
+        e.stream_wait(D, S);
+        if let Some(prev) = cur.replace(nxt) {
+            e.free(prev, f).unwrap();
+        }
+        if wait {
+            e.stream_wait(S, D);
+        }
+        e.access(nxt, N, D, false, u).unwrap();
+    }
+    e.stream_wait(S, D);
+    e.free(cur.unwrap(), 0).unwrap();
+    e.flush();
+    e
+}
+
+#[test]
+fn p13_prefetcher_waiting_before_reuse_is_clean_and_without_the_wait_is_not() {
+    assert!(prefetcher(true).hazards().is_empty(), "{:?}", kinds(&prefetcher(true)));
+    assert_eq!(kinds(&prefetcher(false)), ["unsynced-free"]);
+}
+
+#[test]
+fn p14_fresh_buffer_on_a_side_stream_without_a_wait_is_unwaited_allocation() {
+    let run = |wait: bool| {
+        let mut e = Engine::new();
+        e.alloc(X, N, D, 0).unwrap();
+        e.access(X, N, D, true, 0).unwrap();
+        e.access(X, N, D, false, 0).unwrap();
+        e.free(X, 0).unwrap();
+        e.alloc(X, N, D, 0).unwrap(); // empty(): no write
+        if wait {
+            e.stream_wait(S, D);
+        }
+        e.access(X, N, S, true, 0).unwrap();
+        e.flush();
+        e
+    };
+    assert_eq!(kinds(&run(false)), ["unwaited-allocation"]);
+    let e = run(false);
+    let h = &e.hazards()[0];
+    assert_eq!((h.alloc_stream, h.use_stream), (Some(0), Some(1)));
+    assert!(run(true).hazards().is_empty());
+}
+
+#[test]
+fn a_race_with_the_fill_is_reported_as_unsynced_access_only() {
+    let mut e = Engine::new();
+    e.alloc(X, 64, D, 0).unwrap();
+    e.access(X, 64, D, true, 0).unwrap();
+    e.alloc(X + 64, 64, D, 0).unwrap();
+    e.access(X + 64, 64, D, true, 0).unwrap(); // its fill on D
+    e.access(X + 64, 64, S, false, 0).unwrap();
+    assert_eq!(kinds(&e), ["unsynced-access"]);
+}
+
+#[test]
+fn an_adopted_storage_is_not_judged_by_unwaited_allocation_and_takes_no_verdicts() {
+    let mut e = p1_prefix();
+    e.free(X, 0).unwrap();
+    e.adopt(X, N, D, 0).unwrap(); // over the freed range, on D: no verdict, no reuse
+    e.access(X, N, S, false, 0).unwrap();
+    assert!(e.hazards().is_empty());
+    assert_eq!(e.stats().freed_tracked, 0);
+    assert!(matches!(
+        e.adopt(X + 8, 8, D, 0),
+        Err(EngineError::UnknownStorage(_))
+    ));
+    e.flush();
+    assert_eq!(kinds(&e), ["unsynced-free"]);
+}
+
+#[test]
+fn p15_pinned_buffer_refilled_while_another_stream_copies_out_of_it() {
+    let h = 0x7000_0000;
+    let run = |wait_back: bool| {
+        let mut e = Engine::new();
+        e.copy_to_host(h, 64, S, 0).unwrap();
+        e.stream_wait(S2, S);
+        e.copy_from_host(h, 64, S2, 0).unwrap();
+        if wait_back {
+            e.stream_wait(S, S2);
+        }
+        e.copy_to_host(h, 64, S, 0).unwrap();
+        e
+    };
+    assert_eq!(kinds(&run(false)), ["unsynced-access"]);
+    let e = run(false);
+    let hz = &e.hazards()[0];
+    assert_eq!(
+        (hz.use_stream, hz.other_stream, hz.alloc_stream),
+        (Some(0), Some(1), None)
+    );
+    assert!(run(true).hazards().is_empty());
+}
+
+#[test]
+fn p16_offload_and_reload_on_one_stream_is_ordered() {
+    let mut e = Engine::new();
+    let h = 0x7000_0000;
+    e.copy_to_host(h, 64, S, 0).unwrap();
+    e.copy_from_host(h, 64, S, 0).unwrap();
+    assert!(e.hazards().is_empty());
+    e.copy_from_host(h + 64, 64, S, 0).unwrap();
+    e.copy_from_host(h + 64, 64, S2, 0).unwrap(); // two reads never race
+    assert!(e.hazards().is_empty());
+}
+
+#[test]
+fn p18_advice_only_for_a_site_redundant_every_time() {
+    let run = |sync_last: bool, iters: u64| {
+        let mut e = Engine::new();
+        let rec = e.intern("p.py:7");
+        for i in 0..iters {
+            let p = X + i * N;
+            e.alloc(p, N, S, 0).unwrap();
+            e.access(p, N, S, true, 0).unwrap();
+            e.stream_wait(D, S);
+            e.access(p, N, D, false, 0).unwrap();
+            e.record_stream(p, D, rec).unwrap();
+            if sync_last && i + 1 == iters {
+                e.device_synchronize();
+            }
+            e.free(p, 0).unwrap();
+        }
+        e.flush();
+        e
+    };
+    assert!(
+        run(true, 4).hazards().is_empty(),
+        "needed three times, redundant once"
+    );
+    let e = run(true, 1);
+    assert_eq!(kinds(&e), ["redundant-record-stream"]);
+}
+
+#[test]
+fn reuse_across_virtual_streams_is_not_a_reuse_race() {
+    let run = |virtual_streams: bool, realloc_on: i128| {
+        let mut e = p1_prefix();
+        e.define_stream(D, None, virtual_streams);
+        e.define_stream(S, None, virtual_streams);
+        e.define_stream(S2, None, virtual_streams);
+        e.free(X, 0).unwrap();
+        e.alloc(X, N, realloc_on, 0).unwrap();
+        e.hazards().iter().any(|h| h.kind == Kind::ReuseRace)
+    };
+    assert!(!run(true, S2), "the CPU allocator's cross-stream reuse");
+    assert!(run(true, D), "same-stream reuse still races");
+    assert!(run(false, S2));
 }
 
 /// A development probe, not a check: `cargo test --release timing_million_live --
