@@ -56,7 +56,7 @@ def test_raise_at_exit_when_no_op_follows_the_free():
     del y
 
 
-def test_raise_in_a_stream_call_is_a_safe_point():
+def test_a_pending_free_raises_at_the_allocation_that_may_reuse_its_block():
     s = virtual.Stream(name="s")
     D = virtual.default_stream()
     with pytest.raises(LifetimeHazardError) as info:
@@ -65,10 +65,26 @@ def test_raise_in_a_stream_call_is_a_safe_point():
             s.wait_stream(D)
             with virtual.stream(s):
                 y = x * 2
-            del x
-            s.synchronize()  # @raises2
-            del y
+            del x  # pending: judged when its bytes can next be handed out
+            D.synchronize()  # orders nothing after s's read
+            z = torch.empty(N)  # @raises2
+            del y, z
     assert any(e.lineno + 1 == _line("raises2") for e in info.traceback)
+
+
+def test_a_sync_before_the_reuse_covers_a_pending_free():
+    s = virtual.Stream(name="s")
+    D = virtual.default_stream()
+    with esper_lifetimes.track("raise") as t:
+        x = torch.randn(N)
+        s.wait_stream(D)
+        with virtual.stream(s):
+            y = x * 2
+        del x
+        s.synchronize()  # the host is ordered after s's read before any reuse
+        z = torch.empty(N)
+        del y, z
+    assert t.errors == []
 
 
 def test_each_error_is_raised_once():
@@ -231,3 +247,85 @@ def test_a_tracker_is_entered_once():
     with pytest.raises(RuntimeError, match="once"):
         with t:
             pass
+
+
+# -- a finalizer is never a safe point (issue 10, item 3) -------------------------------
+
+
+class _ReadsOnDel:
+    """A user's object whose finalizer reads a tensor on a side stream."""
+
+    def __init__(self, t: torch.Tensor, s: virtual.Stream) -> None:
+        self.t = t
+        self.s = s
+
+    def __del__(self) -> None:
+        with virtual.stream(self.s):
+            self.t * 2  # @del-use
+
+
+def test_a_hazard_found_inside_a_finalizer_raises_at_region_exit():
+    s = virtual.Stream(name="s")
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with pytest.raises(LifetimeHazardError) as info:
+            with esper_lifetimes.track("raise"):
+                a = torch.randn(N)  # written on the default stream
+                h = _ReadsOnDel(a, s)
+                del h  # __del__ runs the racy read: nothing may be raised there
+                marker = 1  # @after-del
+            assert marker == 1  # not reached: the region's exit raises
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []  # nothing raised into (and swallowed by) the finalizer
+    hz = info.value.hazards
+    assert [x.kind for x in hz] == ["unsynced-access"]
+    assert tag_of(hz[0].use_site) == "del-use"
+
+
+def test_a_hazard_held_from_a_finalizer_raises_at_the_next_op():
+    s = virtual.Stream(name="s")
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with pytest.raises(LifetimeHazardError) as info:
+            with esper_lifetimes.track("raise"):
+                a = torch.randn(N)
+                h = _ReadsOnDel(a, s)
+                del h
+                s.synchronize()  # a patched call: the next safe point  # @next-safe-point
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    assert any(e.lineno + 1 == _line("next-safe-point") for e in info.traceback)
+    assert tag_of(info.value.hazards[0].use_site) == "del-use"
+
+
+def test_checked_never_raises_inside_a_finalizer():
+    tracking.reset_checked()
+    s = virtual.Stream(name="s")
+
+    @esper_lifetimes.checked(on_hazard="raise")
+    def drop(holder):
+        holder.pop()  # the last reference: __del__ runs inside the call
+
+    @esper_lifetimes.checked(on_hazard="raise")
+    def make():
+        return torch.randn(N)
+
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        a = make()
+        holder = [_ReadsOnDel(a, s)]
+        with pytest.raises(LifetimeHazardError) as info:
+            drop(holder)  # raised at the call's exit, not inside __del__
+    finally:
+        sys.unraisablehook = old_hook
+        tracking.reset_checked()
+    assert unraisable == []
+    assert tag_of(info.value.hazards[0].use_site) == "del-use"

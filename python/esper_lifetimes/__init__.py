@@ -36,6 +36,7 @@ _EXPORTS = {
     "checked_tracker": "esper_lifetimes.tracking",
     "is_enabled": "esper_lifetimes.tracking",
     "reset_checked": "esper_lifetimes.tracking",
+    "flush_checked": "esper_lifetimes.tracking",
     "track": "esper_lifetimes.tracking",
     # switching on and off, the always-on mode
     "ConfigError": "esper_lifetimes.modes",

@@ -34,9 +34,11 @@ user's program: they are counted in :attr:`Tracker.diagnostics`.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import threading
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -56,6 +58,7 @@ __all__ = [
     "checked",
     "checked_tracker",
     "reset_checked",
+    "flush_checked",
     "enable",
     "disable",
     "is_enabled",
@@ -132,7 +135,7 @@ def is_enabled() -> bool:
 # ---------------------------------------------------------------------------------------
 # Op plans
 
-_GENERIC, _SKIP, _LIFT, _SCALAR, _COPY_, _TO_COPY, _PIN, _RESIZE = range(8)
+_GENERIC, _SKIP, _LIFT, _SCALAR, _COPY_, _TO_COPY, _PIN, _RESIZE, _MAYBE = range(9)
 
 # Ops that touch no bytes although their schema says they read a tensor (or that
 # esper_lifetimes itself calls while a tracker's mode is active).
@@ -161,8 +164,20 @@ _SKIP_OPS = frozenset(
         "aten::_nested_tensor_size",
         "aten::_nested_tensor_strides",
         "aten::_make_dep_token",
+        "aten::_has_compatible_shallow_copy_type",
+        "aten::_nnz",
+        "aten::dense_dim",
+        "aten::sparse_dim",
+        "aten::output_nr",
+        "aten::q_scale",
+        "aten::q_zero_point",
+        "aten::qscheme",
+        "aten::q_per_channel_axis",
     }
 )
+# Ops named as predicates (``is_pinned``, ``is_coalesced``, ``_is_zerotensor``, ...)
+# answer from metadata and return no tensor: skipped too. ``is_nonzero`` reads the value.
+_PREDICATE_READS = frozenset({"aten::is_nonzero"})
 # Factories whose output is allocated but not written.
 _NO_WRITE_OPS = frozenset(
     {
@@ -172,8 +187,20 @@ _NO_WRITE_OPS = frozenset(
         "aten::empty_permuted",
         "aten::new_empty",
         "aten::new_empty_strided",
+        "aten::empty_quantized",
+        "aten::_empty_affine_quantized",
+        "aten::_empty_per_channel_affine_quantized",
     }
 )
+# Factory options: an op that takes these builds a tensor from arguments, not from data.
+_OPTIONS = frozenset({"dtype", "layout", "device", "pin_memory"})
+# Tensor arguments that supply only metadata, outside the rule of _metadata_args (found
+# by the measurement in tests/test_tracking_v2.py).
+_METADATA_EXTRA: dict[str, frozenset[str]] = {
+    "aten::_new_zeros_with_same_feature_meta": frozenset({"self"}),
+    "aten::resize_as_": frozenset({"the_template"}),
+    "aten::resize_as_sparse_": frozenset({"the_template"}),
+}
 _SPECIAL = {
     "aten::lift_fresh": _LIFT,
     "aten::_local_scalar_dense": _SCALAR,
@@ -193,6 +220,9 @@ class _Plan:
         "ret_fresh",
         "write_out",
         "pin_kw",
+        "nb_i",
+        "alias_i",
+        "alias_name",
         "name",
         "func",
     )
@@ -206,7 +236,16 @@ class _Plan:
         self.ret_fresh: tuple[bool, ...] = ()
         self.write_out = True
         self.pin_kw = False
+        self.nb_i = -2  # index of `non_blocking` (-1: keyword-only, -2: none)
+        self.alias_i = -1  # _MAYBE: the argument the result may alias
+        self.alias_name = ""
         self.func: Any = None
+
+    def non_blocking(self, args: tuple, kwargs: dict) -> bool:
+        i = self.nb_i
+        if 0 <= i < len(args):
+            return bool(args[i])
+        return bool(kwargs.get("non_blocking", False)) if kwargs else False
 
 
 def _holds_tensor(ty: Any) -> bool:
@@ -235,22 +274,82 @@ def _make_plan(func: Any) -> _Plan:
     return plan
 
 
+def _metadata_args(func: Any, schema: Any) -> frozenset[str]:
+    """The tensor arguments of an op that supply only shape, dtype and device.
+
+    The rule: a factory (it takes the options ``dtype``, ``layout``, ``device``,
+    ``pin_memory``) that is not a copy (no ``non_blocking``), with ``Tensor self`` first,
+    builds its result from ``self``'s metadata: the ``*_like`` and ``new_*`` families.
+    An overload without the options (``empty_like.out``) follows its packet's default
+    overload. A few ops outside the rule are listed in ``_METADATA_EXTRA``.
+    """
+    extra = _METADATA_EXTRA.get(schema.name, frozenset())
+    base = schema
+    if not _OPTIONS <= {a.name for a in schema.arguments}:
+        try:
+            base = func.overloadpacket.default._schema
+        except Exception:
+            return extra
+    names = {a.name for a in base.arguments}
+    if not _OPTIONS <= names or "non_blocking" in names or not base.arguments:
+        return extra
+    first = base.arguments[0]
+    if first.name == "self" and isinstance(first.type, torch.TensorType):
+        if first.alias_info is None:
+            return extra | {"self"}
+    return extra
+
+
+def _is_predicate(schema: Any) -> bool:
+    """``is_*`` ops that return no tensor answer from metadata."""
+    name = schema.name
+    short = name.split("::", 1)[-1]
+    if not (short.startswith("is_") or short.startswith("_is_")):
+        return False
+    if name in _PREDICATE_READS:
+        return False
+    return not any(_holds_tensor(r.type) for r in schema.returns)
+
+
+def _may_alias(func: Any, schema: Any) -> bool:
+    """A composite op whose result the schema marks as an alias of an input, but which
+    returns a fresh storage when a copy is needed (``to``, ``contiguous``, ``reshape``,
+    ...). Such ops reach the mode undecomposed under ``torch.inference_mode()``."""
+    if not any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns):
+        return False
+    try:
+        return bool(
+            func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
+        )
+    except Exception:
+        return False
+
+
 def _build_plan(func: Any) -> _Plan:
     schema = func._schema
     name = schema.name
-    if name in _SKIP_OPS:
+    if name in _SKIP_OPS or _is_predicate(schema):
         return _SKIP_PLAN
     plan = _Plan(name, _SPECIAL.get(name, _GENERIC))
+    meta = _metadata_args(func, schema)
+    maybe = plan.special == _GENERIC and _may_alias(func, schema)
     pos: list[tuple[int, str, bool]] = []
     kw: list[tuple[str, bool]] = []
     for i, a in enumerate(schema.arguments):
         if a.name == "pin_memory":
             plan.pin_kw = True
-        if not _holds_tensor(a.type):
+        elif a.name == "non_blocking":
+            plan.nb_i = -1 if a.kwarg_only else i
+        if not _holds_tensor(a.type) or a.name in meta:
             continue
         ai = a.alias_info
         if ai is not None and not ai.is_write:
+            if maybe and plan.alias_i < 0:
+                plan.alias_i = i
+                plan.alias_name = a.name
             continue  # a view input: touches no bytes
+        if maybe and a.name == "other":
+            continue  # `to(other)`, `reshape_as(other)`: dtype, device or shape only
         write = ai is not None and ai.is_write
         if a.kwarg_only:
             kw.append((a.name, write))
@@ -264,6 +363,9 @@ def _build_plan(func: Any) -> _Plan:
     plan.ret_fresh = tuple(rets)
     plan.fresh = any(rets)
     plan.write_out = name not in _NO_WRITE_OPS
+    if maybe and plan.alias_i >= 0:
+        plan.special = _MAYBE
+        return plan
     if plan.special == _GENERIC and not pos and not kw and not plan.fresh:
         return _SKIP_PLAN
     return plan
@@ -524,6 +626,12 @@ class Tracker:
         self._seen = 0  # hazards already passed to the policy (index into the list)
         self._errors_seen = 0  # engine.error_count() at the last safe point
         self._pending_policy = -1  # strictest policy of storages freed with new errors
+        # shared (@checked): policy of storages whose free the engine may judge later
+        # (a pending free, judged at the next alloc on its stream or at flush), by ptr
+        self._free_policy: dict[int, int] = {}
+        # errors held back from a finalizer (never a safe point), and their policy
+        self._held: list[Hazard] = []
+        self._held_policy = -1
         self._watching = False
         self._lock = threading.RLock()
         self._tls = threading.local()
@@ -633,6 +741,13 @@ class Tracker:
             patches.uninstall()
 
     def _close(self) -> None:
+        # the end of the region (or of the shared tracker): every pending free is
+        # judged now, and per-site record_stream advice is decided
+        if self._watching and self._eng is not None:
+            try:
+                self._eng.flush()
+            except Exception as exc:
+                self._note(exc, "flush")
         self._watching = False
         patches.discard_live(self)
         self._recs.clear()
@@ -651,18 +766,33 @@ class Tracker:
         if eng is None:
             return
         n = eng.error_count()
-        if n == self._errors_seen:
+        if n == self._errors_seen and not self._held:
             return
         with self._lock:
-            if n == self._errors_seen:
-                return
-            new = eng.hazards(self._seen)
-            self._seen += len(new)
-            self._errors_seen = n
-            pol = max(self._current_policy(), self._pending_policy)
-            self._pending_policy = -1
-        errors = [h for h in new if h.severity == "error"]
+            held, self._held = self._held, []
+            pol = self._held_policy
+            self._held_policy = -1
+            new: list[Hazard] = []
+            if n != self._errors_seen:
+                new = eng.hazards(self._seen)
+                self._seen += len(new)
+                self._errors_seen = n
+                pol = max(pol, self._current_policy(), self._pending_policy)
+                self._pending_policy = -1
+                fp = self._free_policy
+                if fp:
+                    for h in new:
+                        if h.severity == "error" and h.ptr in fp:
+                            pol = max(pol, fp.pop(h.ptr))
+        errors = held + [h for h in new if h.severity == "error"]
         if not errors:
+            return
+        if pol == RAISE and exc is None and _in_finalizer():
+            # A finalizer swallows what it raises: hold the errors for the next real
+            # safe point (the next op, patched call or @checked call) or the region's exit
+            with self._lock:
+                self._held = errors + self._held
+                self._held_policy = max(self._held_policy, pol)
             return
         text = format_report(errors)
         if pol == RAISE:
@@ -733,6 +863,8 @@ class Tracker:
         elif sp == _COPY_ or sp == _TO_COPY:
             self._copy(plan, args, kwargs, out, site)
         elif sp == _LIFT:
+            # torch.tensor(data[, device=...]): a blocking copy from Python data into a
+            # new storage, then the host waits for the current stream
             a = args[0] if args else None
             if isinstance(a, _Tensor):
                 st = a.untyped_storage()
@@ -740,7 +872,11 @@ class Tracker:
                 if key not in self._recs:
                     ref = self._new_ref(a, st, key, True, site, False, vh)
                     if ref is not None and ref.kind != _HOST:
-                        self._touch(a, True, site, vh)
+                        h = self._touch(a, True, site, vh)
+                        if h is not None:
+                            self._blocking_sync(h)
+        elif sp == _MAYBE:
+            self._maybe_copy(plan, args, kwargs, out, site, vh)
         elif sp == _PIN:
             for i, _name, w in plan.pos:
                 if i < len(args) and isinstance(args[i], _Tensor):
@@ -754,6 +890,53 @@ class Tracker:
                 ref = self._recs.get(id(st))
                 if ref is not None:
                     self._resync(st, ref, site, None)
+
+    def _maybe_copy(
+        self, plan: _Plan, args: tuple, kwargs: dict, out: Any, site: Any, vh: int | None
+    ) -> None:
+        """An op that may return its input or a copy (``to``, ``contiguous``, ``reshape``
+        under inference mode): what it did is told by the result's storage, not by the
+        schema. A result over a storage of no argument is a fresh copy."""
+        i = plan.alias_i
+        src = args[i] if i < len(args) else kwargs.get(plan.alias_name)
+        if not isinstance(src, _Tensor):
+            return
+        try:
+            skey = id(src.untyped_storage())
+        except Exception:
+            return
+        outs = out if isinstance(out, _SEQ) else (out,)
+        fresh = []
+        for o in outs:
+            if isinstance(o, _Tensor) and o is not src:
+                try:
+                    if id(o.untyped_storage()) != skey:
+                        fresh.append(o)
+                except Exception:
+                    continue
+        if not fresh:
+            return  # an alias after all: no bytes touched
+        if plan.name == "aten::to":
+            nb = plan.non_blocking(args, kwargs)
+            for o in fresh:
+                self._copy_tensors(src, o, True, nb, site)
+            return
+        self._touch(src, False, site, vh)
+        n = len(args)
+        for j, name, w in plan.pos:
+            a = args[j] if j < n else kwargs.get(name)
+            if isinstance(a, _Tensor):
+                self._touch(a, w, site, vh)
+        pin = plan.name == "aten::pin_memory"
+        for o in fresh:
+            self._fresh(o, not pin, site, pin, vh)
+
+    def _blocking_sync(self, h: int) -> None:
+        """The host waits for stream ``h`` (a blocking op enqueued on it)."""
+        self._eng.stream_synchronize(h)
+        vs = virtual._streams.get(h)
+        if vs is not None:
+            vs._pending = False
 
     def _outputs(self, out: Any, plan: _Plan, site: Any, host: bool, vh: int | None) -> None:
         if not isinstance(out, _SEQ):
@@ -908,7 +1091,7 @@ class Tracker:
             if fresh:
                 self._engine_alloc(ref, stream, site)
             else:
-                self._engine_alloc(ref, stream, None)
+                self._engine_alloc(ref, stream, None, adopt=True)
         self._recs[key] = ref
         return ref
 
@@ -927,12 +1110,16 @@ class Tracker:
             ref.pinned = True
         return ref
 
-    def _engine_alloc(self, ref: _Ref, stream: int, site: Any) -> None:
+    def _engine_alloc(self, ref: _Ref, stream: int, site: Any, adopt: bool = False) -> None:
+        """Registers ``ref``'s bytes: ``alloc`` for an allocation seen now, ``adopt`` for
+        a storage whose allocation the tracker did not see (never judged by
+        ``unwaited-allocation``, no pending-free verdicts or reuse checks)."""
         eng = self._eng
         ref.astream = stream
         ref.multi = False
+        register = eng.adopt if adopt else eng.alloc
         try:
-            eng.alloc(ref.ptr, ref.nbytes, stream, site)
+            register(ref.ptr, ref.nbytes, stream, site)
         except LifetimesError as exc:
             # Overlaps a live storage: either one whose free the tracker has not seen yet
             # (its memory was handed out again), or a genuine alias of the same memory.
@@ -940,7 +1127,7 @@ class Tracker:
                 self._note(exc, "alloc (aliases live storage)")
                 return
             try:
-                eng.alloc(ref.ptr, ref.nbytes, stream, site)
+                register(ref.ptr, ref.nbytes, stream, site)
             except LifetimesError as exc2:
                 self._note(exc2, "alloc")
                 return
@@ -979,8 +1166,11 @@ class Tracker:
             return
         before = eng.error_count()
         eng.free(ref.ptr, site)
-        if eng.error_count() != before and ref.policy > self._pending_policy:
-            self._pending_policy = ref.policy
+        if eng.error_count() != before:
+            if ref.policy > self._pending_policy:
+                self._pending_policy = ref.policy
+        elif ref.multi:
+            _remember_free_policy(self, ref)
 
     def _resync(self, st: Any, ref: _Ref, site: Any, stream: int | None) -> bool:
         """The storage's memory moved or changed size (``resize_``, ``set_``, an ``out=``
@@ -1070,14 +1260,25 @@ class Tracker:
         if plan.special == _TO_COPY:
             src = args[0] if args else kwargs.get("self")
             dst = out
-            nb = bool(kwargs.get("non_blocking", False))
         else:
             dst = args[0] if args else kwargs.get("self")
             src = args[1] if len(args) > 1 else kwargs.get("src")
-            nb = bool(args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
         if not isinstance(src, _Tensor) or not isinstance(dst, _Tensor):
             return
-        fresh = plan.special == _TO_COPY
+        nb = plan.non_blocking(args, kwargs)
+        self._copy_tensors(src, dst, plan.special == _TO_COPY, nb, site)
+
+    def _copy_tensors(
+        self, src: torch.Tensor, dst: torch.Tensor, fresh: bool, nb: bool, site: Any
+    ) -> None:
+        """A copy from ``src`` into ``dst`` (``fresh``: a new tensor the op returned).
+
+        Host and device: a copy between them is enqueued on the current stream; one made
+        without ``non_blocking=True`` is followed by the host waiting for that stream.
+        A device copy touching pinned memory is a device access of host memory on its
+        stream (``copy_to_host``: a write, ``copy_from_host``: a read), checked against
+        the other copies over those bytes and against host accesses; never a host access.
+        """
         s_side = self._side(src)
         if fresh:
             if dst.is_cuda:
@@ -1090,34 +1291,40 @@ class Tracker:
                 d_side = "d" if self._cpu_device else "h"
         else:
             d_side = self._side(dst)
+        eng = self._eng
         if s_side == "h" and d_side == "d":
             # host to device: the write runs on the destination's stream
             h = self._dst(dst, fresh, site)
             if h is None:
                 return
-            if nb and self._is_pinned(src):
+            if self._is_pinned(src):
                 ref = self._host_ref(src, True)
                 n = _span(src)
                 if ref is not None and n:
-                    self._eng.copy_from_host(src.data_ptr(), n, h, site)
+                    eng.copy_from_host(src.data_ptr(), n, h, site)
                     ref.pending = True
             else:
-                self._touch(src, False, site)  # a host read if copies are pending
+                # pageable memory: the host copies the source out before the call returns
+                self._touch(src, False, site)
+            if not nb:
+                self._blocking_sync(h)
         elif s_side == "d" and d_side == "h":
             h = self._touch(src, False, site)
             if h is None:
                 return
             # torch pins the output of a non-blocking device-to-host _to_copy
-            pinned = nb and (src.is_cuda if fresh else self._is_pinned(dst))
+            pinned = (nb and src.is_cuda) if fresh else self._is_pinned(dst)
             if pinned:
                 ref = self._host_ref(dst, True)
                 n = _span(dst)
                 if ref is not None and n:
-                    self._eng.copy_to_host(dst.data_ptr(), n, h, site)
+                    eng.copy_to_host(dst.data_ptr(), n, h, site)
                     ref.pending = True
+                if not nb:
+                    self._blocking_sync(h)
             else:
-                # blocking (or into pageable memory, which CUDA makes synchronous)
-                self._eng.stream_synchronize(h)
+                # into pageable memory, which CUDA makes synchronous
+                self._blocking_sync(h)
                 if not fresh:
                     self._touch(dst, True, site)
                 else:
@@ -1219,6 +1426,39 @@ class Tracker:
             self._resync(st, ref, self._sites.here(2), None)
         except Exception as exc:
             self._note(exc, "resize_")
+
+
+def _remember_free_policy(tr: Tracker, ref: _Ref) -> None:
+    """The shared tracker: a free used on another stream may be judged later (at the
+    next allocation on its stream, or at flush); its storage's policy applies then."""
+    fp = tr._free_policy
+    if len(fp) >= 4096:
+        try:
+            if not tr._eng.stats().get("pending_frees"):
+                fp.clear()  # every earlier free has its verdict
+        except Exception:
+            fp.clear()
+        if len(fp) >= 65536:
+            fp.clear()  # bounded: a later verdict then takes the current policy
+    if fp.get(ref.ptr, -1) < ref.policy:
+        fp[ref.ptr] = ref.policy
+
+
+def _in_finalizer() -> bool:
+    """Whether a finalizer (``__del__``, a ``weakref.finalize`` or weakref callback) is
+    on the stack: never a safe point, as Python swallows what it raises."""
+    try:
+        f: Any = _getframe(2)
+    except ValueError:
+        return False
+    while f is not None:
+        code = f.f_code
+        if code.co_name == "__del__":
+            return True
+        if code.co_name == "__call__" and code.co_filename.endswith("weakref.py"):
+            return True
+        f = f.f_back
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -1346,6 +1586,16 @@ def track(on_hazard: str = "raise", *, cpu: str | None = None, timeline: Any = N
 
 _checked: Tracker | None = None
 _checked_lock = threading.Lock()
+_exit_registered = False
+
+
+def _register_exit() -> None:
+    global _exit_registered
+    if not _exit_registered:
+        _exit_registered = True
+        import atexit
+
+        atexit.register(_checked_at_exit)
 
 
 def checked_tracker() -> Tracker:
@@ -1361,16 +1611,80 @@ def checked_tracker() -> Tracker:
                 tr._start()
                 tr._state = "shared"
                 _checked = tr
+                _register_exit()
     return tr
 
 
 def reset_checked() -> None:
-    """Forgets the shared ``@checked`` tracker and everything it watched."""
+    """Forgets the shared ``@checked`` tracker and everything it watched (hazards not yet
+    reported included: call :func:`flush_checked` first to have them)."""
     global _checked
     with _checked_lock:
         tr, _checked = _checked, None
     if tr is not None:
         tr._close()
+
+
+def _engine_flush(tr: Tracker) -> None:
+    flush = getattr(tr._eng, "flush", None)  # engines before pending frees had none
+    if flush is not None:
+        try:
+            flush()
+        except Exception as exc:
+            tr._note(exc, "flush")
+
+
+def flush_checked() -> list[Hazard]:
+    """A safe point for the ``@checked`` tracker, asked for: the engine takes its verdict
+    on every pending free now (``Engine.flush()``), and the errors not yet reported go
+    through the policy of the calls that registered their storages (``raise``:
+    :class:`LifetimeHazardError`, ``warn``: a warning). Returns those errors (also under
+    ``collect``). At interpreter exit the same happens, with what would be raised logged
+    instead (logger ``esper_lifetimes``, ERROR, with the report)."""
+    tr = _checked
+    if tr is None or tr._eng is None:
+        return []
+    if patches._tls.active:
+        raise RuntimeError("flush_checked() inside a tracked region or @checked call")
+    before = tr._seen
+    _engine_flush(tr)
+    errors = [h for h in tr._eng.hazards(before) if h.severity == "error"]
+    tls = tr._tls
+    tls.policy = COLLECT  # the storages' own policies decide
+    try:
+        tr._safe_point()
+    finally:
+        tls.policy = None
+    return errors
+
+
+class _ExitReport(Exception):
+    """Collects, as notes, the report of what a ``raise`` policy finds at exit."""
+
+
+def _checked_at_exit() -> None:
+    tr = _checked
+    if tr is None or tr._eng is None:
+        return
+    try:
+        _engine_flush(tr)
+        sink = _ExitReport()
+        tls = tr._tls
+        tls.policy = COLLECT
+        try:
+            tr._safe_point(exc=sink)
+        finally:
+            tls.policy = None
+        notes = getattr(sink, "__notes__", None)
+        if notes:
+            import logging
+
+            logging.getLogger("esper_lifetimes").error(
+                "hazards found after the last @checked call (reported at exit):\n%s",
+                "\n".join(notes),
+            )
+    except Exception:  # pragma: no cover - interpreter shutdown
+        pass
 
 
 def _call_checked(f: Callable[..., Any], policy: int, args: tuple, kwargs: dict) -> Any:
@@ -1384,6 +1698,12 @@ def _call_checked(f: Callable[..., Any], policy: int, args: tuple, kwargs: dict)
         try:
             tr._safe_point()  # hazards found since the last call (late frees)
             result = f(*args, **kwargs)
+        except (StopIteration, StopAsyncIteration):
+            # one step of a generator or coroutine body (_checked_step) that finished:
+            # its normal end, where a hazard raises
+            tr._detach()
+            tr._safe_point()
+            raise
         except BaseException as exc:
             tr._detach()
             tr._safe_point(exc=exc)
@@ -1395,25 +1715,123 @@ def _call_checked(f: Callable[..., Any], policy: int, args: tuple, kwargs: dict)
         tls.policy = None
 
 
+# One resumption of a generator or coroutine body (send, throw, close) is one checked call:
+# the body is tracked across its suspensions, and what runs between them (the consumer,
+# the event loop, other tasks) is not.
+
+
+def _drive(it: Any, policy: int) -> Any:
+    """The generator that runs generator or awaitable ``it`` one checked step at a time
+    and returns (``StopIteration.value``) what ``it`` returns."""
+    send: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            if thrown is None:
+                item = _call_checked(it.send, policy, (send,), {})
+            else:
+                exc, thrown = thrown, None
+                item = _call_checked(it.throw, policy, (exc,), {})
+        except StopIteration as stop:
+            return stop.value
+        try:
+            send = yield item
+        except GeneratorExit:
+            close = getattr(it, "close", None)
+            if close is not None:
+                _call_checked(close, policy, (), {})
+            raise
+        except BaseException as exc:
+            thrown = exc
+
+
+_drive_awaitable = types.coroutine(_drive)
+
+
+def _checked_wrapper(f: Any, policy: int, cfg: _Config) -> Any:
+    if inspect.isasyncgenfunction(f):
+
+        @functools.wraps(f)
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            agen = f(*args, **kwargs)
+            if not cfg.enabled:
+                async for item in agen:  # noqa: UP028 - asend/athrow are not needed off
+                    yield item
+                return
+            send: Any = None
+            thrown: BaseException | None = None
+            while True:
+                try:
+                    if thrown is None:
+                        item = await _drive_awaitable(agen.asend(send), policy)
+                    else:
+                        exc, thrown = thrown, None
+                        item = await _drive_awaitable(agen.athrow(exc), policy)
+                except StopAsyncIteration:
+                    return
+                try:
+                    send = yield item
+                except GeneratorExit:
+                    await _drive_awaitable(agen.aclose(), policy)
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+
+        return agen_wrapper
+    if inspect.iscoroutinefunction(f):
+
+        @functools.wraps(f)
+        async def coro_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not cfg.enabled:
+                return await f(*args, **kwargs)
+            return await _drive_awaitable(f(*args, **kwargs), policy)
+
+        return coro_wrapper
+    if inspect.isgeneratorfunction(f):
+
+        @functools.wraps(f)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not cfg.enabled:
+                return (yield from f(*args, **kwargs))
+            return (yield from _drive(f(*args, **kwargs), policy))
+
+        return gen_wrapper
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not cfg.enabled:
+            return f(*args, **kwargs)
+        return _call_checked(f, policy, args, kwargs)
+
+    return wrapper
+
+
 def checked(fn: F | None = None, *, on_hazard: str = "raise") -> Any:
     """Decorator: full tracking for the duration of each call.
 
     Storages registered during a call stay watched until freed, also after the call
     returns; hazards found later go through this policy at the next safe point (the next
-    ``@checked`` call). With tracking disabled the wrapper costs one attribute check.
+    ``@checked`` call, :func:`flush_checked`, or at the latest interpreter exit). With
+    tracking disabled the wrapper costs one attribute check.
+
+    A generator function, ``async def`` or async generator is tracked across its
+    suspensions: each resumption of its body is one checked call (the wrapper is of the
+    same kind, so ``inspect`` still says what it is). Above ``@classmethod`` or
+    ``@staticmethod`` it wraps the function inside and keeps the descriptor; anything
+    else that is not callable is a ``TypeError`` at decoration.
     """
     policy = _policy(on_hazard)
     cfg = _config
 
     def deco(f: F) -> F:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not cfg.enabled:
-                return f(*args, **kwargs)
-            return _call_checked(f, policy, args, kwargs)
-
-        wrapper.__esper_checked__ = True  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        if isinstance(f, classmethod | staticmethod):
+            inner = deco(f.__func__)
+            return type(f)(inner)  # type: ignore[return-value]
+        if not callable(f):
+            raise TypeError(f"@checked needs a function (or a classmethod/staticmethod), not {f!r}")
+        wrapper = _checked_wrapper(f, policy, cfg)
+        wrapper.__esper_checked__ = True
+        return wrapper  # type: ignore[no-any-return]
 
     if fn is not None:
         return deco(fn)
