@@ -105,6 +105,10 @@ class VirtualBackend:
     def empty(self, *size: int) -> Any:
         return torch.empty(*size)
 
+    def tensor(self, data: Any) -> Any:
+        """``torch.tensor(data)`` on the device: a blocking copy from host data."""
+        return torch.tensor(data)
+
 
 class CudaBackend(VirtualBackend):
     """torch.cuda streams and CUDA tensors."""
@@ -154,6 +158,9 @@ class CudaBackend(VirtualBackend):
 
     def empty(self, *size: int) -> Any:
         return torch.empty(*size, device="cuda")
+
+    def tensor(self, data: Any) -> Any:
+        return torch.tensor(data, device="cuda")
 
 
 @pytest.fixture(
