@@ -337,7 +337,11 @@ fn prefetcher(wait: bool) -> Engine {
 
 #[test]
 fn p13_prefetcher_waiting_before_reuse_is_clean_and_without_the_wait_is_not() {
-    assert!(prefetcher(true).hazards().is_empty(), "{:?}", kinds(&prefetcher(true)));
+    assert!(
+        prefetcher(true).hazards().is_empty(),
+        "{:?}",
+        kinds(&prefetcher(true))
+    );
     assert_eq!(kinds(&prefetcher(false)), ["unsynced-free"]);
 }
 
