@@ -140,3 +140,278 @@ def test_cuda_non_blocking_copies_from_pinned_memory_do_not_synchronize(how):
         y = x * 2  # @use
     assert verdict(t) == [("unsynced-access", "use")], t.report()
     del r, y
+
+
+# ---------------------------------------------------------------------------------------
+# Item 5: ops that read only metadata are not reads.
+
+
+def _family():
+    """Every overload of every aten ``*_like`` / ``new_*`` op this torch has."""
+    names = set()
+    for qn in torch._C._dispatch_get_all_op_names():
+        if qn.startswith("aten::"):
+            base = qn[6:].split(".")[0]
+            if base.endswith("_like") or base.startswith(("new_", "_new_")):
+                names.add(base)
+    ops = []
+    for name in sorted(names):
+        packet = getattr(torch.ops.aten, name)
+        for overload in packet.overloads():
+            ops.append(getattr(packet, overload))
+    return ops
+
+
+def _functional(op):
+    """The overload without ``out=``: ``empty_like.out`` -> ``empty_like.default``,
+    ``rand_like.generator_out`` -> ``rand_like.generator``."""
+    ov = op._overloadname
+    if ov == "out":
+        return op.overloadpacket.default
+    if ov.endswith("_out"):
+        return getattr(op.overloadpacket, ov[: -len("_out")])
+    return op
+
+
+def _probe_args(op, arg, value):
+    """Arguments for ``op``: ``arg`` is ``value`` (a tensor), the rest real CPU values;
+    ``device="cpu"`` when the op takes a device."""
+    args, kwargs = [], {}
+    for a in op._schema.arguments:
+        ty = a.type
+        if a.name == arg:
+            v = value
+        elif isinstance(ty, torch.TensorType):
+            v = torch.tensor(5) if a.name == "high" else torch.ones(2, 3)
+        elif isinstance(ty, torch.ListType):
+            v = [3, 1] if a.name == "stride" else [2, 3]
+        elif isinstance(ty, torch.IntType | torch.SymIntType):
+            v = 0 if a.name == "low" else 5
+        elif isinstance(ty, torch.NumberType):
+            v = 1.0
+        elif a.name == "device":
+            v = "cpu"
+        elif a.has_default_value():
+            continue
+        else:
+            v = None
+        if a.kwarg_only:
+            kwargs[a.name] = v
+        else:
+            args.append(v)
+    return args, kwargs
+
+
+def _run(op, arg, value):
+    fn = _functional(op)
+    args, kwargs = _probe_args(fn, arg, value)
+    torch.manual_seed(0)
+    return fn(*args, **kwargs)
+
+
+def _measured_metadata_only(op, arg):
+    """The measurement. ``op`` reads only ``arg``'s metadata when (1) given a data-less
+    (meta) tensor for ``arg`` it builds a real CPU result, and (2) given two tensors of
+    the same shape and different values, under the same seed, it builds the same result
+    (for ops that allocate without writing, whose result holds no defined value, (1)
+    alone)."""
+    from esper_lifetimes import tracking
+
+    shape = () if arg == "high" else (2, 3)
+    dtype = torch.int64 if arg == "high" else torch.float32
+    try:
+        out = _run(op, arg, torch.empty(shape, dtype=dtype, device="meta"))
+    except Exception:
+        return False
+    if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
+        return False
+    if _functional(op)._schema.name in tracking._NO_WRITE_OPS:
+        return True
+    a = _run(op, arg, torch.full(shape, 5, dtype=dtype))
+    b = _run(op, arg, torch.full(shape, 7, dtype=dtype))
+    return torch.equal(a, b)
+
+
+def _plan_reads(op):
+    from esper_lifetimes import tracking
+
+    plan = tracking._build_plan(op)
+    return {name for _, name, _ in plan.pos} | {name for name, _ in plan.kw}
+
+
+def test_the_metadata_rule_matches_the_measurement_on_every_like_and_new_op():
+    ops = _family()
+    assert len(ops) >= 30, [str(o) for o in ops]  # the family this torch has
+    checked = 0
+    for op in ops:
+        reads = _plan_reads(op)
+        for a in op._schema.arguments:
+            if not str(a.type).startswith("Tensor") or a.name == "out":
+                continue
+            if a.alias_info is not None:
+                continue
+            measured = _measured_metadata_only(op, a.name)
+            assert (a.name not in reads) == measured, (str(op._schema), a.name, measured)
+            checked += 1
+    assert checked >= 30
+
+
+def test_real_reads_of_factory_like_ops_stay_reads():
+    # the rule never drops a read: copies (_to_copy, to), linspace's start/end, the
+    # values of a sparse constructor, randint_like's tensor `high`
+    A = torch.ops.aten
+    assert "self" in _plan_reads(A._to_copy.default)
+    assert {"start", "end"} <= _plan_reads(A.linspace.Tensor_Tensor)
+    assert {"indices", "values"} <= _plan_reads(A.sparse_coo_tensor.indices)
+    assert {"self", "high"} & _plan_reads(A.randint_like.Tensor) == {"high"}
+    assert {"self", "other"} <= _plan_reads(A.add.Tensor)
+
+
+META_OPS = {
+    "empty_like": lambda w: torch.empty_like(w),
+    "zeros_like": lambda w: torch.zeros_like(w),
+    "ones_like": lambda w: torch.ones_like(w),
+    "full_like": lambda w: torch.full_like(w, 3.0),
+    "rand_like": lambda w: torch.rand_like(w),
+    "randn_like": lambda w: torch.randn_like(w),
+    "randint_like": lambda w: torch.randint_like(w, 10),
+    "new_empty": lambda w: w.new_empty(8),
+    "new_zeros": lambda w: w.new_zeros(8),
+    "new_ones": lambda w: w.new_ones(8),
+    "new_full": lambda w: w.new_full((8,), 2.0),
+    "new_empty_strided": lambda w: w.new_empty_strided((4, 2), (2, 1)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(META_OPS))
+def test_metadata_ops_on_another_stream_touch_nothing(B, op):
+    s = B.Stream("s")
+    with B.track() as t:
+        with B.stream(s):
+            w = B.ones(N)  # allocated and written on s
+        w2 = META_OPS[op](w)  # on D, no wait: only w's shape, dtype and device are used
+        del w
+    assert t.hazards == [], t.report()
+    del w2
+
+
+def test_p17_empty_like_reads_nothing(B):
+    s = B.Stream("s")
+    with B.track() as t:
+        with B.stream(s):
+            w = B.ones(N)  # allocated on s
+        B.synchronize()
+        w2 = torch.empty_like(w)
+        del w
+        with B.stream(s):
+            nxt = B.zeros(N)  # the next allocation on s
+    assert t.hazards == [], t.report()
+    del w2, nxt
+
+
+def test_p17_twin_a_real_read_instead_is_an_unsynced_free(B):
+    s = B.Stream("s")
+    with B.track() as t:
+        with B.stream(s):
+            w = B.ones(N)  # @alloc
+        B.synchronize()
+        w2 = w.clone()  # @use
+        del w  # @free
+        with B.stream(s):
+            nxt = B.zeros(N)  # @next
+    assert verdict(t) == [("unsynced-free", "use")], t.report()
+    h = _only(t, "unsynced-free")
+    assert (tag_of(h.alloc_site), tag_of(h.free_site)) == ("alloc", "free")
+    assert tag_of(h.other_site) == "next"  # the allocation that triggered the verdict
+    del w2, nxt
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_data_swap_to_empty_like_on_a_side_stream_is_no_false_free(B, inference):
+    # The offloading idiom: `t.data = torch.empty_like(t)` drops t's old storage. Run
+    # on another stream than t's allocation stream, it reads nothing of the old storage.
+    s = B.Stream("s")
+    D = B.current_stream()
+    ctx = torch.inference_mode() if inference else torch.no_grad()
+    with B.track() as t, ctx:
+        x = B.randn(N)
+        s.wait_stream(D)
+        with B.stream(s):
+            x.data = torch.empty_like(x)
+        with B.stream(s):
+            nxt = B.zeros(N)
+        after = B.zeros(N)
+    assert t.hazards == [], t.report()
+    del nxt, after
+
+
+# ---------------------------------------------------------------------------------------
+# Item 10: under inference mode `to`, `contiguous`, `reshape` reach the mode whole; their
+# schema says "alias of the input", yet they return a fresh storage when a copy is
+# needed. Whether the result is fresh is told by its storage.
+
+MAYBE_COPIES = {  # the copy is the site of the write
+    "channels_last": lambda x: x.to(memory_format=torch.channels_last),  # @write
+    "contiguous": lambda x: x.transpose(1, 2).contiguous(),  # @write
+    "reshape": lambda x: x.transpose(1, 2).reshape(-1),  # @write
+    "to_dtype": lambda x: x.to(torch.float64),  # @write
+}
+
+
+@pytest.mark.parametrize("how", sorted(MAYBE_COPIES))
+def test_a_copy_made_on_a_side_stream_under_inference_mode_is_allocated_there(B, how):
+    # The side stream makes the copy, uses it and frees it: all on s, nothing to report
+    # (it was reported as allocated on D before tracking: unsynced-free at the free).
+    s = B.Stream("s")
+    D = B.current_stream()
+    with B.track() as t, torch.inference_mode():
+        x = B.randn(2, 3, 4, 4)
+        s.wait_stream(D)
+        with B.stream(s):
+            y = MAYBE_COPIES[how](x)
+            z = y * 2
+            del y
+            nxt = B.zeros(N)
+    assert t.hazards == [], t.report()
+    assert t.diagnostics == []
+    del z, nxt
+
+
+@pytest.mark.parametrize("how", sorted(MAYBE_COPIES))
+def test_the_copy_under_inference_mode_is_a_write_on_its_stream(B, how):
+    s = B.Stream("s")
+    D = B.current_stream()
+    with B.track() as t, torch.inference_mode():
+        x = B.randn(2, 3, 4, 4)
+        s.wait_stream(D)
+        with B.stream(s):
+            y = MAYBE_COPIES[how](x)
+        z = y * 2  # @use
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    assert tag_of(_only(t, "unsynced-access").other_site) == "write"
+    del z
+
+
+def test_the_copy_under_inference_mode_reads_its_source(B):
+    s = B.Stream("s")
+    with B.track() as t, torch.inference_mode():
+        x = B.randn(2, 3, 4, 4)  # @write
+        with B.stream(s):
+            y = x.transpose(1, 2).contiguous()  # @use
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    assert tag_of(_only(t, "unsynced-access").other_site) == "write"
+    del y
+
+
+def test_an_alias_under_inference_mode_touches_nothing(B):
+    # already contiguous, already that dtype: the result is x itself (no bytes)
+    s = B.Stream("s")
+    with B.track() as t, torch.inference_mode():
+        x = B.randn(2, 3, 4, 4)
+        with B.stream(s):
+            a = x.contiguous()
+            b = x.to(torch.float32)
+            c = x.reshape(-1)
+    assert t.hazards == [], t.report()
+    assert a.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    del b, c
