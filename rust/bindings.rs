@@ -4,7 +4,8 @@
 //! argument error becomes an `InvalidArgumentError` naming the value, and every engine
 //! error keeps the engine's state as it was (interned sites included).
 
-use crate::engine::{Engine as Core, EngineError, Handle, Stats};
+use crate::engine::{Engine as Core, Handle, Stats};
+use crate::error::{EngineError, ErrorClass};
 use crate::hazard::{Hazard as CoreHazard, Kind};
 use crate::sites::{SiteId, NO_SITE};
 use parking_lot::Mutex;
@@ -37,9 +38,10 @@ create_exception!(
 );
 
 fn to_py(e: EngineError) -> PyErr {
-    match e {
-        EngineError::InvalidArgument(m) => InvalidArgumentError::new_err(m),
-        EngineError::UnknownStorage(m) => UnknownStorageError::new_err(m),
+    let text = e.to_string();
+    match e.class() {
+        ErrorClass::InvalidArgument => InvalidArgumentError::new_err(text),
+        ErrorClass::UnknownStorage => UnknownStorageError::new_err(text),
     }
 }
 
@@ -554,14 +556,7 @@ impl Engine {
         let rows = cells
             .chunks_exact(4)
             .map(|r| [r[0].get(), r[1].get(), r[2].get(), r[3].get()]);
-        core.apply_rows(rows).map_err(|(i, e)| match e {
-            EngineError::InvalidArgument(m) => {
-                InvalidArgumentError::new_err(format!("replay row {i}: {m}"))
-            }
-            EngineError::UnknownStorage(m) => {
-                UnknownStorageError::new_err(format!("replay row {i}: {m}"))
-            }
-        })
+        core.apply_rows(rows).map_err(to_py)
     }
 
     /// The floor for benchmarks: same arguments and checks as `access`, no engine work.

@@ -6,44 +6,17 @@
 //! returns an error leaves the engine exactly as it was.
 
 use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::error::Result;
 use crate::hashing::MixMap;
 use crate::hazard::{DedupKey, Hazard, Kind};
 use crate::shadow::{Access, Conflicts, Shadow};
 use crate::sites::{SiteId, Sites, NO_SITE};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 
 /// A caller's handle for a stream or an event: any int in the i64 or u64 range.
 pub type Handle = i128;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineError {
-    /// The call's arguments are malformed (bad size, bad site id, bad bulk row).
-    InvalidArgument(String),
-    /// The call names memory the engine does not know as it says.
-    UnknownStorage(String),
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::InvalidArgument(m) | EngineError::UnknownStorage(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-type Result<T> = std::result::Result<T, EngineError>;
-
-fn invalid<T>(msg: String) -> Result<T> {
-    Err(EngineError::InvalidArgument(msg))
-}
-
-fn unknown<T>(msg: String) -> Result<T> {
-    Err(EngineError::UnknownStorage(msg))
-}
 
 struct Stream {
     handle: Handle,
@@ -190,14 +163,15 @@ impl Op {
     /// Decodes a bulk row `[op, a, b, c]` (docs/ENGINE-API.md, "Bulk path").
     pub fn decode(row: [i64; 4]) -> Result<Op> {
         let [op, a, b, c] = row;
-        let ptr = |v: i64, what: &str| -> Result<u64> {
-            u64::try_from(v).map_err(|_| {
-                EngineError::InvalidArgument(format!("{what} must not be negative, got {v}"))
-            })
+        let ptr = |v: i64, what: &'static str| -> Result<u64> {
+            u64::try_from(v).map_err(|_| EngineError::Negative { what, value: v })
         };
         let size = |v: i64| -> Result<u64> {
             if v <= 0 {
-                invalid(format!("nbytes must be positive, got {v}"))
+                Err(EngineError::BadSize {
+                    ptr: a.max(0) as u64,
+                    nbytes: v,
+                })
             } else {
                 Ok(v as u64)
             }
@@ -242,7 +216,7 @@ impl Op {
                 stream: c.into(),
             },
             12 => Op::Flush,
-            other => return invalid(format!("unknown op code {other} (expected 0..=12)")),
+            code => return Err(EngineError::UnknownOp { code }),
         })
     }
 }
@@ -342,7 +316,7 @@ impl Engine {
         if self.sites.is_valid(id) {
             Ok(id)
         } else {
-            invalid(format!("site id {id} was not returned by intern()"))
+            Err(EngineError::BadSite { id })
         }
     }
 
@@ -496,13 +470,11 @@ impl Engine {
 
     fn check_size(nbytes: u64, ptr: u64) -> Result<u64> {
         if nbytes == 0 {
-            return invalid(format!("nbytes must be positive, got 0 (ptr {ptr:#x})"));
+            return Err(EngineError::BadSize { ptr, nbytes: 0 });
         }
         match ptr.checked_add(nbytes) {
             Some(end) => Ok(end),
-            None => invalid(format!(
-                "range {ptr:#x} + {nbytes} bytes overflows the address space"
-            )),
+            None => Err(EngineError::Overflow { ptr, nbytes }),
         }
     }
 
@@ -528,15 +500,17 @@ impl Engine {
     }
 
     /// The end of a new storage `[ptr, ptr+nbytes)`, or the error if it overlaps a live one.
-    fn check_new(&self, what: &str, ptr: u64, nbytes: u64) -> Result<u64> {
+    fn check_new(&self, op: &'static str, ptr: u64, nbytes: u64) -> Result<u64> {
         let end = Self::check_size(nbytes, ptr)?;
         if let Some((&base, &bend)) = self.by_addr.range(..end).next_back() {
             if bend > ptr {
-                return unknown(format!(
-                    "{what} of {ptr:#x} ({nbytes} bytes) overlaps the live storage at {base:#x} \
-                     ({} bytes): free it first",
-                    bend - base
-                ));
+                return Err(EngineError::Overlap {
+                    op,
+                    ptr,
+                    nbytes,
+                    base,
+                    len: bend - base,
+                });
             }
         }
         Ok(end)
@@ -857,24 +831,22 @@ impl Engine {
     fn check_access(&self, ptr: u64, nbytes: u64) -> Result<Checked> {
         let end = Self::check_size(nbytes, ptr)?;
         let Some((base, len)) = self.find(ptr) else {
-            return unknown(format!(
-                "access of {ptr:#x} ({nbytes} bytes) is outside every live storage"
-            ));
+            return Err(EngineError::Outside { ptr, nbytes });
         };
         if end > base + len {
-            return unknown(format!(
-                "access of {ptr:#x} ({nbytes} bytes) runs past the end of the storage at \
-                 {base:#x} ({len} bytes)"
-            ));
+            return Err(EngineError::PastEnd {
+                ptr,
+                nbytes,
+                base,
+                len,
+            });
         }
         Ok((base, len, end))
     }
 
     pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {
         let Some((base, _)) = self.find(ptr) else {
-            return unknown(format!(
-                "record_stream on {ptr:#x}, which is inside no live storage"
-            ));
+            return Err(EngineError::RecordNoStorage { ptr });
         };
         self.processed += 1;
         let s = self.stream(stream);
@@ -895,13 +867,10 @@ impl Engine {
 
     pub fn free(&mut self, ptr: u64, site: SiteId) -> Result<()> {
         let Some(st) = self.storages.remove(&ptr) else {
-            return match self.find(ptr) {
-                Some((base, _)) => unknown(format!(
-                    "free of {ptr:#x}, an interior pointer of the storage at {base:#x}: \
-                     free takes the base pointer"
-                )),
-                None => unknown(format!("free of {ptr:#x}, which is no live storage")),
-            };
+            return Err(match self.find(ptr) {
+                Some((base, _)) => EngineError::InteriorFree { ptr, base },
+                None => EngineError::UnknownFree { ptr },
+            });
         };
         self.processed += 1;
         self.by_addr.remove(&ptr);
@@ -1135,14 +1104,15 @@ impl Engine {
 
     /// Applies bulk rows in order; on a bad row returns its index and the error, with
     /// every row before it applied and the bad row not.
-    pub fn apply_rows(
-        &mut self,
-        rows: impl Iterator<Item = [i64; 4]>,
-    ) -> std::result::Result<usize, (usize, EngineError)> {
+    pub fn apply_rows(&mut self, rows: impl Iterator<Item = [i64; 4]>) -> Result<usize> {
         let mut n = 0;
         for row in rows {
-            let op = Op::decode(row).map_err(|e| (n, e))?;
-            self.apply(op).map_err(|e| (n, e))?;
+            let at = |e: EngineError| EngineError::Row {
+                row: n,
+                error: Box::new(e),
+            };
+            let op = Op::decode(row).map_err(at)?;
+            self.apply(op).map_err(at)?;
             n += 1;
         }
         Ok(n)

@@ -8,6 +8,7 @@
 mod clock;
 mod describe;
 mod engine;
+mod error;
 mod hashing;
 mod hazard;
 mod shadow;
@@ -17,7 +18,8 @@ mod sites;
 mod bindings;
 
 pub use describe::message;
-pub use engine::{Engine, EngineError, Handle, Op, Stats};
+pub use engine::{Engine, Handle, Op, Stats};
+pub use error::{EngineError, ErrorClass};
 pub use hazard::{Hazard, Kind, Role};
 pub use sites::{SiteId, NO_SITE};
 

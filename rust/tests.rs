@@ -1,6 +1,7 @@
 //! Engine tests: docs/SEMANTICS.md's worked examples and the public scenarios as raw traces.
 
-use crate::engine::{Engine, EngineError, Op};
+use crate::engine::{Engine, Op};
+use crate::error::EngineError;
 use crate::hazard::Kind;
 
 const D: i128 = 0;
@@ -163,27 +164,27 @@ fn bad_input_is_rejected_without_changing_state() {
     let mut e = p1_prefix();
     let before = e.stats();
     assert!(
-        matches!(e.free(X + 8, 0), Err(EngineError::UnknownStorage(m)) if m.contains("interior"))
+        matches!(e.free(X + 8, 0), Err(EngineError::InteriorFree { ptr, base }) if (ptr, base) == (X + 8, X))
     );
     assert!(matches!(
         e.free(0x42, 0),
-        Err(EngineError::UnknownStorage(_))
+        Err(EngineError::UnknownFree { .. })
     ));
     assert!(matches!(
         e.access(X, 0, S, false, 0),
-        Err(EngineError::InvalidArgument(_))
+        Err(EngineError::BadSize { nbytes: 0, .. })
     ));
     assert!(matches!(
         e.access(X + N - 4, 8, S, false, 0),
-        Err(EngineError::UnknownStorage(_))
+        Err(EngineError::PastEnd { .. })
     ));
     assert!(matches!(
         e.alloc(X + 64, 8, S, 0),
-        Err(EngineError::UnknownStorage(_))
+        Err(EngineError::Overlap { op: "alloc", .. })
     ));
     assert!(matches!(
         e.alloc(u64::MAX, 8, S, 0),
-        Err(EngineError::InvalidArgument(_))
+        Err(EngineError::Overflow { .. })
     ));
     assert_eq!(e.stats(), before);
 }
@@ -239,7 +240,8 @@ fn bulk_rows_stop_at_the_bad_row() {
         [10, 0, 0, 0],
     ];
     let err = e.apply_rows(rows.into_iter()).unwrap_err();
-    assert_eq!(err.0, 3);
+    assert!(matches!(err, EngineError::Row { row: 3, .. }));
+    assert_eq!(err.class(), crate::ErrorClass::UnknownStorage);
     assert_eq!(kinds(&e), ["unsynced-access"]);
     assert!(Op::decode([13, 0, 0, 0]).is_err());
     assert_eq!(Op::decode([12, 0, 0, 0]), Ok(Op::Flush));
@@ -389,7 +391,7 @@ fn an_adopted_storage_is_not_judged_by_unwaited_allocation_and_takes_no_verdicts
     assert_eq!(e.stats().freed_tracked, 0);
     assert!(matches!(
         e.adopt(X + 8, 8, D, 0),
-        Err(EngineError::UnknownStorage(_))
+        Err(EngineError::Overlap { op: "adopt", .. })
     ));
     e.flush();
     assert_eq!(kinds(&e), ["unsynced-free"]);
