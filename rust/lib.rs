@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod hashing;
 mod hazard;
+mod op;
 mod shadow;
 mod sites;
 
@@ -18,9 +19,10 @@ mod sites;
 mod bindings;
 
 pub use describe::message;
-pub use engine::{Engine, Handle, Op, Stats};
+pub use engine::{Engine, Handle, Stats};
 pub use error::{EngineError, ErrorClass};
 pub use hazard::{Hazard, Kind, Role};
+pub use op::Op;
 pub use sites::{SiteId, NO_SITE};
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Engine tests: docs/SEMANTICS.md's worked examples and the public scenarios as raw traces.
 
-use crate::engine::{Engine, Op};
+use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::hazard::Kind;
+use crate::op::Op;
 
 const D: i128 = 0;
 const S: i128 = 1;

@@ -1,0 +1,273 @@
+//! The happens-before engine: its state (this file), and one file per concern:
+//! `order.rs` (streams, events, the host clock), `memory.rs` (storages, frees and their
+//! verdicts, freed ranges), `host.rs` (non-blocking copies and host accesses). The bulk
+//! path is `crate::op`, the sentences of hazards `crate::describe`. See
+//! docs/ENGINE-API.md ("Exact semantics") for the rules, one function per row.
+//!
+//! Every public method validates its input before it changes anything, so a call that
+//! returns an error leaves the engine exactly as it was.
+
+mod host;
+mod memory;
+mod order;
+
+use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::error::Result;
+use crate::hashing::MixMap;
+use crate::hazard::{DedupKey, Hazard, Kind};
+use crate::shadow::{Access, Conflicts, Shadow};
+use crate::sites::{SiteId, Sites};
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, HashSet};
+
+/// A caller's handle for a stream or an event: any int in the i64 or u64 range.
+pub type Handle = i128;
+
+struct Stream {
+    handle: Handle,
+    pos: u64,
+    clock: Clock,
+    name: Option<String>,
+    is_virtual: bool,
+    /// Positions proven still in flight by the latest query that returned false.
+    incomplete: Option<(u64, u64)>,
+    /// Frees of storages allocated on this stream that await their verdict (judged at
+    /// the next allocation on this stream or at `flush`), in free order.
+    pending: Vec<Pending>,
+}
+
+#[derive(Default)]
+struct Event {
+    clock: Option<Clock>,
+    stream: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Use {
+    stream: u32,
+    pos: u64,
+    site: SiteId,
+    /// This stream is known ordered after the storage's allocation position (checked
+    /// once; clocks only grow, so it stays true).
+    after_alloc: bool,
+}
+
+struct Storage {
+    base: u64,
+    nbytes: u64,
+    alloc_stream: u32,
+    alloc_site: SiteId,
+    /// The allocation stream's position at the allocation (0: nothing to wait for, or an
+    /// adopted storage whose allocation was not seen).
+    alloc_pos: u64,
+    /// Streams given to record_stream, with the site of that call.
+    recorded: SmallVec<[(u32, SiteId); 2]>,
+    /// Latest use per stream other than the allocation stream, in first-use order.
+    uses: SmallVec<[Use; 2]>,
+    shadow: Shadow,
+}
+
+/// A free whose verdict waits for the next allocation on its allocation stream.
+struct Pending {
+    seq: u64,
+    base: u64,
+    nbytes: u64,
+    alloc_site: SiteId,
+    free_site: SiteId,
+    recorded: SmallVec<[(u32, SiteId); 2]>,
+    uses: SmallVec<[Use; 2]>,
+}
+
+/// The allocation that triggered a verdict: (ptr, nbytes, stream, site).
+type Trigger = (u64, u64, u32, SiteId);
+
+/// A freed range whose uncovered uses may still be in flight (for `reuse-race`).
+struct Tomb {
+    end: u64,
+    nbytes: u64,
+    alloc_stream: u32,
+    alloc_site: SiteId,
+    free_site: SiteId,
+    uses: SmallVec<[Use; 2]>,
+}
+
+#[derive(Clone, Copy)]
+struct HostCopy {
+    start: u64,
+    end: u64,
+    stream: u32,
+    pos: u64,
+    site: SiteId,
+    to_host: bool,
+}
+
+/// Counters for `Engine::stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub live_storages: usize,
+    pub pending_frees: usize,
+    pub freed_tracked: usize,
+    pub freed_dropped: u64,
+    pub pending_host_copies: usize,
+    pub streams: usize,
+    pub events: usize,
+    pub sites: usize,
+    pub hazards: usize,
+    pub events_processed: u64,
+}
+
+/// A validated access: the storage's base and length, and the access's end.
+type Checked = (u64, u64, u64);
+
+/// Most freed ranges kept for reuse checks; past this the lowest addresses are dropped
+/// (their `unsynced-free` was already reported; only a later `reuse-race` is lost).
+const MAX_TOMBS: usize = 1 << 18;
+
+pub struct Engine {
+    streams: Vec<Stream>,
+    stream_ix: MixMap<Handle, u32>,
+    /// The last stream looked up: most calls in a row name the same stream.
+    last_stream: (Handle, u32),
+    events: MixMap<Handle, Event>,
+    host: Clock,
+    /// Live storages by base pointer (the hot path: one hash probe reaches the state).
+    storages: MixMap<u64, Storage>,
+    /// Base -> end of every live storage, for interior pointers and overlap checks.
+    by_addr: BTreeMap<u64, u64>,
+    tombs: BTreeMap<u64, Tomb>,
+    tomb_prune_at: usize,
+    tombs_dropped: u64,
+    copies: Vec<HostCopy>,
+    copies_prune_at: usize,
+    sites: Sites,
+    hazards: Vec<Hazard>,
+    hazard_ix: MixMap<DedupKey, usize>,
+    /// `redundant-record-stream` candidates, emitted by `flush` for sites never needed.
+    advice: Vec<Hazard>,
+    advice_ix: MixMap<DedupKey, usize>,
+    /// record_stream call sites that some judged free needed.
+    needed_sites: HashSet<SiteId>,
+    pending_frees: usize,
+    pending_seq: u64,
+    errors: usize,
+    processed: u64,
+    scratch: Conflicts,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Engine {
+            streams: Vec::new(),
+            stream_ix: MixMap::default(),
+            last_stream: (Handle::MIN, 0),
+            events: MixMap::default(),
+            host: Clock::default(),
+            storages: MixMap::default(),
+            by_addr: BTreeMap::new(),
+            tombs: BTreeMap::new(),
+            tomb_prune_at: 1024,
+            tombs_dropped: 0,
+            copies: Vec::new(),
+            copies_prune_at: 64,
+            sites: Sites::default(),
+            hazards: Vec::new(),
+            hazard_ix: MixMap::default(),
+            advice: Vec::new(),
+            advice_ix: MixMap::default(),
+            needed_sites: HashSet::new(),
+            pending_frees: 0,
+            pending_seq: 0,
+            errors: 0,
+            processed: 0,
+            scratch: Conflicts::new(),
+        }
+    }
+
+    // ----- sites ---------------------------------------------------------------------
+
+    pub fn intern(&mut self, site: &str) -> SiteId {
+        self.sites.intern(site)
+    }
+
+    pub fn sites_len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn truncate_sites(&mut self, len: usize) {
+        self.sites.truncate(len);
+    }
+
+    pub fn site(&self, id: SiteId) -> Option<&str> {
+        self.sites.get(id)
+    }
+
+    pub fn check_site(&self, id: SiteId) -> Result<SiteId> {
+        if self.sites.is_valid(id) {
+            Ok(id)
+        } else {
+            Err(EngineError::BadSite { id })
+        }
+    }
+
+    // ----- hazards -------------------------------------------------------------------
+
+    /// A `redundant-record-stream` candidate: held until `flush`, which emits it only if
+    /// its call site was never needed (advice is about a line of code).
+    pub(super) fn advise(&mut self, h: Hazard) {
+        let key = h.dedup_key();
+        match self.advice_ix.get(&key) {
+            Some(&i) => self.advice[i].count += 1,
+            None => {
+                self.advice_ix.insert(key, self.advice.len());
+                self.advice.push(h);
+            }
+        }
+    }
+
+    pub(super) fn report(&mut self, h: Hazard) {
+        let key = h.dedup_key();
+        if let Some(&i) = self.hazard_ix.get(&key) {
+            let prev = &mut self.hazards[i];
+            prev.count += h.count;
+            if h.live == Some(true) {
+                prev.live = Some(true);
+            }
+            return;
+        }
+        if h.kind.is_error() {
+            self.errors += 1;
+        }
+        self.hazard_ix.insert(key, self.hazards.len());
+        self.hazards.push(h);
+    }
+
+    pub fn hazards(&self) -> &[Hazard] {
+        &self.hazards
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            live_storages: self.storages.len(),
+            pending_frees: self.pending_frees,
+            freed_tracked: self.tombs.len(),
+            freed_dropped: self.tombs_dropped,
+            pending_host_copies: self.copies.len(),
+            streams: self.streams.len(),
+            events: self.events.len(),
+            sites: self.sites.len(),
+            hazards: self.hazards.len(),
+            events_processed: self.processed,
+        }
+    }
+}

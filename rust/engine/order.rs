@@ -1,0 +1,152 @@
+//! Streams, events and the host clock: record, wait, synchronize, query (the
+//! happens-before rows of docs/SEMANTICS.md).
+
+use super::*;
+
+impl Engine {
+    // ----- streams and events --------------------------------------------------------
+
+    /// The dense index of a stream, creating it (from the host's clock) on first use.
+    #[inline]
+    pub(super) fn stream(&mut self, handle: Handle) -> u32 {
+        if self.last_stream.0 == handle {
+            return self.last_stream.1;
+        }
+        if let Some(&ix) = self.stream_ix.get(&handle) {
+            self.last_stream = (handle, ix);
+            return ix;
+        }
+        let ix = self.streams.len() as u32;
+        self.streams.push(Stream {
+            handle,
+            pos: 0,
+            clock: self.host.clone(),
+            name: None,
+            is_virtual: false,
+            incomplete: None,
+            pending: Vec::new(),
+        });
+        self.stream_ix.insert(handle, ix);
+        ix
+    }
+
+    pub fn stream_handle(&self, ix: u32) -> Handle {
+        self.streams[ix as usize].handle
+    }
+
+    pub fn stream_label(&self, ix: u32) -> String {
+        let s = &self.streams[ix as usize];
+        match &s.name {
+            Some(n) => n.clone(),
+            None => format!("stream {:#x}", s.handle),
+        }
+    }
+
+    pub fn define_stream(&mut self, stream: Handle, name: Option<&str>, is_virtual: bool) {
+        let ix = self.stream(stream) as usize;
+        if let Some(n) = name {
+            self.streams[ix].name = Some(n.to_owned());
+        }
+        self.streams[ix].is_virtual = is_virtual;
+    }
+
+    /// Work enqueued on `s`: its position advances; returns the work's position.
+    #[inline]
+    pub(super) fn enqueue(&mut self, s: u32) -> u64 {
+        let st = &mut self.streams[s as usize];
+        st.pos += 1;
+        let p = st.pos;
+        st.clock.set(s, p);
+        p
+    }
+
+    pub(super) fn live(&self, u: u32, pos: u64) -> Option<bool> {
+        let st = &self.streams[u as usize];
+        if st.is_virtual && !self.host.covers(u, pos) {
+            return Some(true);
+        }
+        match st.incomplete {
+            Some((lo, hi)) if lo <= pos && pos <= hi && !self.host.covers(u, pos) => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn event_record(&mut self, event: Handle, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let clock = self.streams[s as usize].clock.clone();
+        let ev = self.events.entry(event).or_default();
+        ev.clock = Some(clock);
+        ev.stream = Some(s);
+    }
+
+    pub fn event_wait(&mut self, event: Handle, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let ev = self.events.entry(event).or_default();
+        if let Some(c) = &ev.clock {
+            self.streams[s as usize].clock.join(c);
+        }
+    }
+
+    pub fn stream_wait(&mut self, waiter: Handle, waited: Handle) {
+        self.processed += 1;
+        let w = self.stream(waiter);
+        let t = self.stream(waited);
+        if w != t {
+            let c = self.streams[t as usize].clock.clone();
+            self.streams[w as usize].clock.join(&c);
+        }
+    }
+
+    pub fn stream_synchronize(&mut self, stream: Handle) {
+        self.processed += 1;
+        let s = self.stream(stream);
+        let c = &self.streams[s as usize].clock;
+        self.host.join(c);
+    }
+
+    pub fn event_synchronize(&mut self, event: Handle) {
+        self.processed += 1;
+        let ev = self.events.entry(event).or_default();
+        if let Some(c) = &ev.clock {
+            self.host.join(c);
+        }
+    }
+
+    pub fn device_synchronize(&mut self) {
+        self.processed += 1;
+        for st in &self.streams {
+            self.host.join(&st.clock);
+        }
+    }
+
+    pub fn stream_query(&mut self, stream: Handle, complete: bool) {
+        if complete {
+            return self.stream_synchronize(stream);
+        }
+        self.processed += 1;
+        let s = self.stream(stream) as usize;
+        let p = self.streams[s].pos;
+        self.streams[s].incomplete = Some((p, p));
+    }
+
+    pub fn event_query(&mut self, event: Handle, complete: bool) {
+        if complete {
+            return self.event_synchronize(event);
+        }
+        self.processed += 1;
+        let ev = self.events.entry(event).or_default();
+        if let (Some(c), Some(s)) = (&ev.clock, ev.stream) {
+            let lo = c.get(s);
+            let st = &mut self.streams[s as usize];
+            st.incomplete = Some((lo, st.pos));
+        }
+    }
+
+    /// Forgets an event the caller destroyed (keeps memory flat when events are created
+    /// per iteration). Waiting on it afterwards is a wait on a never-recorded event.
+    pub fn forget_event(&mut self, event: Handle) {
+        self.events.remove(&event);
+    }
+}
