@@ -4,6 +4,7 @@
 //! argument error becomes an `InvalidArgumentError` naming the value, and every engine
 //! error keeps the engine's state as it was (interned sites included).
 
+use crate::clock::StreamIx;
 use crate::engine::{Engine as Core, Handle, Stats};
 use crate::error::{EngineError, ErrorClass};
 use crate::hazard::{Hazard as CoreHazard, Kind};
@@ -651,8 +652,8 @@ impl Hazard {
     }
 
     fn from_core(core: &Core, h: &CoreHazard) -> Self {
-        let handle = |s: Option<u32>| s.map(|s| core.stream_handle(s));
-        let name = |s: Option<u32>| s.map(|s| core.stream_label(s));
+        let handle = |s: Option<StreamIx>| s.map(|s| core.stream_handle(s));
+        let name = |s: Option<StreamIx>| s.map(|s| core.stream_label(s));
         let site = |id: SiteId| core.site(id).map(str::to_owned);
         Hazard {
             kind: h.kind.name(),

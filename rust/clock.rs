@@ -1,17 +1,28 @@
 //! Vector clocks indexed by dense stream index; a missing entry is 0.
 
+/// A stream's dense index in the engine (not the caller's handle, not a site id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamIx(pub u32);
+
+impl StreamIx {
+    #[inline]
+    pub fn ix(self) -> usize {
+        self.0 as usize
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Clock(Vec<u64>);
 
 impl Clock {
     #[inline]
-    pub fn get(&self, stream: u32) -> u64 {
-        self.0.get(stream as usize).copied().unwrap_or(0)
+    pub fn get(&self, stream: StreamIx) -> u64 {
+        self.0.get(stream.ix()).copied().unwrap_or(0)
     }
 
     #[inline]
-    pub fn set(&mut self, stream: u32, value: u64) {
-        let i = stream as usize;
+    pub fn set(&mut self, stream: StreamIx, value: u64) {
+        let i = stream.ix();
         if i >= self.0.len() {
             self.0.resize(i + 1, 0);
         }
@@ -32,7 +43,7 @@ impl Clock {
 
     /// Does this clock cover position `pos` of `stream`?
     #[inline]
-    pub fn covers(&self, stream: u32, pos: u64) -> bool {
+    pub fn covers(&self, stream: StreamIx, pos: u64) -> bool {
         self.get(stream) >= pos
     }
 }
@@ -44,12 +55,13 @@ mod tests {
     #[test]
     fn join_is_pointwise_max_and_grows() {
         let mut a = Clock::default();
-        a.set(0, 5);
+        a.set(StreamIx(0), 5);
         let mut b = Clock::default();
-        b.set(0, 3);
-        b.set(2, 7);
+        b.set(StreamIx(0), 3);
+        b.set(StreamIx(2), 7);
         a.join(&b);
-        assert_eq!((a.get(0), a.get(1), a.get(2), a.get(9)), (5, 0, 7, 0));
-        assert!(a.covers(2, 7) && !a.covers(2, 8));
+        let g = |i| a.get(StreamIx(i));
+        assert_eq!((g(0), g(1), g(2), g(9)), (5, 0, 7, 0));
+        assert!(a.covers(StreamIx(2), 7) && !a.covers(StreamIx(2), 8));
     }
 }

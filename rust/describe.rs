@@ -1,5 +1,6 @@
 //! Hazards as sentences: the presentation of a verdict, kept out of the model.
 
+use crate::clock::StreamIx;
 use crate::engine::Engine;
 use crate::hazard::{Hazard, Kind};
 use crate::sites::{SiteId, NO_SITE};
@@ -7,7 +8,7 @@ use crate::sites::{SiteId, NO_SITE};
 /// A readable sentence naming everything in the hazard.
 pub fn message(e: &Engine, h: &Hazard) -> String {
     let site = |id: SiteId| e.site(id).unwrap_or("<unknown site>").to_owned();
-    let stream = |s: Option<u32>| s.map_or("<none>".to_owned(), |s| e.stream_label(s));
+    let stream = |s: Option<StreamIx>| s.map_or("<none>".to_owned(), |s| e.stream_label(s));
     let storage = format!("storage {:#x} ({} bytes)", h.ptr, h.nbytes);
     let alloc = format!(
         "allocated on {} at {}",

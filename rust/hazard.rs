@@ -4,6 +4,7 @@
 //! roles of its sites are defined here and exported to Python as `_core.KINDS`; nothing
 //! else lists the kinds by hand.
 
+use crate::clock::StreamIx;
 use crate::sites::SiteId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -165,9 +166,9 @@ pub struct Hazard {
     pub count: u64,
     pub ptr: u64,
     pub nbytes: u64,
-    pub alloc_stream: Option<u32>,
-    pub use_stream: Option<u32>,
-    pub other_stream: Option<u32>,
+    pub alloc_stream: Option<StreamIx>,
+    pub use_stream: Option<StreamIx>,
+    pub other_stream: Option<StreamIx>,
     pub alloc_site: SiteId,
     pub use_site: SiteId,
     pub free_site: SiteId,
@@ -226,5 +227,5 @@ pub struct DedupKey {
     kind: Kind,
     sites: [SiteId; 4],
     ptr: Option<u64>,
-    streams: Option<(Option<u32>, Option<u32>)>,
+    streams: Option<(Option<StreamIx>, Option<StreamIx>)>,
 }

@@ -19,6 +19,7 @@ mod sites;
 mod bindings;
 
 pub use describe::message;
+pub use clock::StreamIx;
 pub use engine::{Engine, Handle, Stats};
 pub use error::{EngineError, ErrorClass};
 pub use hazard::{Hazard, Kind, Role};

@@ -15,13 +15,14 @@
 //! whole-buffer read after 64,000 racy row writes took 1.2 s (a quadratic conflict
 //! dedup and segment removal); now each access visits at most `MAX_SEGMENTS` segments.
 
+use crate::clock::StreamIx;
 use crate::sites::SiteId;
 use smallvec::SmallVec;
 use std::collections::HashSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
-    pub stream: u32,
+    pub stream: StreamIx,
     pub pos: u64,
     pub site: SiteId,
 }
@@ -115,7 +116,7 @@ impl Shadow {
         b: u64,
         cur: Access,
         write: bool,
-        ordered: impl Fn(u32, u64) -> bool,
+        ordered: impl Fn(StreamIx, u64) -> bool,
         conflicts: &mut Conflicts,
     ) {
         if self.segs.len() == 1 && a == 0 && b == self.segs[0].end {
@@ -125,7 +126,7 @@ impl Shadow {
         let j = self.split_at(b);
         // Conflicts are deduplicated by (stream, position); past a few, through a set
         // (a linear scan made many-segment accesses quadratic).
-        let mut seen: HashSet<(u32, u64)> = HashSet::new();
+        let mut seen: HashSet<(StreamIx, u64)> = HashSet::new();
         let mut push = |acc: &Access| {
             if acc.stream == cur.stream || ordered(acc.stream, acc.pos) {
                 return;
@@ -201,7 +202,7 @@ impl Shadow {
         &mut self,
         cur: Access,
         write: bool,
-        ordered: impl Fn(u32, u64) -> bool,
+        ordered: impl Fn(StreamIx, u64) -> bool,
         conflicts: &mut Conflicts,
     ) {
         let st = &mut self.segs[0].state;
@@ -255,7 +256,7 @@ mod tests {
 
     fn acc(stream: u32, pos: u64) -> Access {
         Access {
-            stream,
+            stream: StreamIx(stream),
             pos,
             site: 0,
         }
@@ -313,13 +314,20 @@ mod tests {
         c.clear();
         sh.access(0, 1 << 20, acc(3, 1), false, |_, _| false, &mut c);
         // every stream that wrote still conflicts with the unordered read
-        let mut streams: Vec<u32> = c.iter().map(|a| a.stream).collect();
+        let mut streams: Vec<u32> = c.iter().map(|a| a.stream.0).collect();
         streams.sort_unstable();
         streams.dedup();
         assert_eq!(streams, [1, 2]);
         c.clear();
         // once ordered after both writers, nothing conflicts
-        sh.access(0, 1 << 20, acc(4, 1), false, |s, _| s != 3, &mut c);
+        sh.access(
+            0,
+            1 << 20,
+            acc(4, 1),
+            false,
+            |s, _| s != StreamIx(3),
+            &mut c,
+        );
         assert!(c.is_empty());
     }
 

@@ -1,5 +1,6 @@
 //! Engine tests: docs/SEMANTICS.md's worked examples and the public scenarios as raw traces.
 
+use crate::clock::StreamIx;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::hazard::Kind;
@@ -32,7 +33,10 @@ fn p1_free_after_side_read_is_unsynced_free_then_reuse_race() {
     e.alloc(X, N, D, 0).unwrap();
     assert_eq!(kinds(&e), ["unsynced-free", "reuse-race"]);
     let h = &e.hazards()[0];
-    assert_eq!((h.alloc_stream, h.use_stream), (Some(0), Some(1)));
+    assert_eq!(
+        (h.alloc_stream, h.use_stream),
+        (Some(StreamIx(0)), Some(StreamIx(1)))
+    );
 }
 
 #[test]
@@ -282,7 +286,7 @@ fn a_free_is_judged_at_the_next_allocation_on_its_stream_and_names_it() {
     let h = &e.hazards()[0];
     assert_eq!(
         (h.other_ptr, h.other_nbytes, h.other_site, h.other_stream),
-        (Some(X + 4 * N), Some(8), z, Some(0))
+        (Some(X + 4 * N), Some(8), z, Some(StreamIx(0)))
     );
     assert_eq!(e.stats().pending_frees, 0);
 }
@@ -367,7 +371,10 @@ fn p14_fresh_buffer_on_a_side_stream_without_a_wait_is_unwaited_allocation() {
     assert_eq!(kinds(&run(false)), ["unwaited-allocation"]);
     let e = run(false);
     let h = &e.hazards()[0];
-    assert_eq!((h.alloc_stream, h.use_stream), (Some(0), Some(1)));
+    assert_eq!(
+        (h.alloc_stream, h.use_stream),
+        (Some(StreamIx(0)), Some(StreamIx(1)))
+    );
     assert!(run(true).hazards().is_empty());
 }
 
@@ -417,7 +424,7 @@ fn p15_pinned_buffer_refilled_while_another_stream_copies_out_of_it() {
     let hz = &e.hazards()[0];
     assert_eq!(
         (hz.use_stream, hz.other_stream, hz.alloc_stream),
-        (Some(0), Some(1), None)
+        (Some(StreamIx(0)), Some(StreamIx(1)), None)
     );
     assert!(run(true).hazards().is_empty());
 }

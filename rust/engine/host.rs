@@ -20,7 +20,7 @@ impl Engine {
         let pos = self.enqueue(s);
         // Pinned memory that device copies touch is memory like any other: a copy into
         // it (device to host) writes it, a copy out of it reads it, on the copy's stream.
-        let clock = &self.streams[s as usize].clock;
+        let clock = &self.streams[s.ix()].clock;
         let host = &self.host;
         let races: SmallVec<[HostCopy; 2]> = self
             .copies

@@ -58,7 +58,7 @@ impl Engine {
         &mut self,
         ptr: u64,
         end: u64,
-        s: u32,
+        s: StreamIx,
         site: SiteId,
         alloc_pos: u64,
     ) {
@@ -82,14 +82,14 @@ impl Engine {
         let end = self.check_new("alloc", ptr, nbytes)?;
         self.processed += 1;
         let s = self.stream(stream);
-        if !self.streams[s as usize].pending.is_empty() {
-            let pending = std::mem::take(&mut self.streams[s as usize].pending);
+        if !self.streams[s.ix()].pending.is_empty() {
+            let pending = std::mem::take(&mut self.streams[s.ix()].pending);
             for p in pending {
                 self.judge(s, p, Some((ptr, nbytes, s, site)));
             }
         }
         self.check_reuse(ptr, end, s, site);
-        let alloc_pos = self.streams[s as usize].pos;
+        let alloc_pos = self.streams[s.ix()].pos;
         self.insert_storage(ptr, end, s, site, alloc_pos);
         Ok(())
     }
@@ -126,9 +126,9 @@ impl Engine {
     /// advice of record_stream sites that were redundant every time is emitted.
     pub fn flush(&mut self) {
         self.processed += 1;
-        let mut all: Vec<(u32, Pending)> = Vec::new();
+        let mut all: Vec<(StreamIx, Pending)> = Vec::new();
         for (i, st) in self.streams.iter_mut().enumerate() {
-            all.extend(st.pending.drain(..).map(|p| (i as u32, p)));
+            all.extend(st.pending.drain(..).map(|p| (StreamIx(i as u32), p)));
         }
         all.sort_by_key(|(_, p)| p.seq);
         for (a, p) in all {
@@ -144,7 +144,7 @@ impl Engine {
     }
 
     /// The verdict on one pending free of a storage allocated on `a`.
-    pub(super) fn judge(&mut self, a: u32, p: Pending, trigger: Option<Trigger>) {
+    pub(super) fn judge(&mut self, a: StreamIx, p: Pending, trigger: Option<Trigger>) {
         self.pending_frees -= 1;
         self.judge_uses(
             a,
@@ -163,12 +163,12 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn judge_uses(
         &mut self,
-        a: u32,
+        a: StreamIx,
         base: u64,
         nbytes: u64,
         alloc_site: SiteId,
         free_site: SiteId,
-        recorded: &[(u32, SiteId)],
+        recorded: &[(StreamIx, SiteId)],
         uses: &[Use],
         trigger: Option<Trigger>,
     ) {
@@ -212,25 +212,23 @@ impl Engine {
 
     /// Is the use ordered before the future work of allocation stream `a`?
     #[inline]
-    pub(super) fn covered(&self, a: u32, u: &Use) -> bool {
-        self.host.covers(u.stream, u.pos) || self.streams[a as usize].clock.covers(u.stream, u.pos)
+    pub(super) fn covered(&self, a: StreamIx, u: &Use) -> bool {
+        self.host.covers(u.stream, u.pos) || self.streams[a.ix()].clock.covers(u.stream, u.pos)
     }
 
     /// `reuse-race`: the new allocation `[ptr, end)` on stream `s` over freed bytes.
-    pub(super) fn check_reuse(&mut self, ptr: u64, end: u64, s: u32, site: SiteId) {
+    pub(super) fn check_reuse(&mut self, ptr: u64, end: u64, s: StreamIx, site: SiteId) {
         for base in self.tombs_under(ptr, end) {
             let tomb = self.tombs.remove(&base).expect("tomb");
             let a = tomb.alloc_stream;
             // The CPU allocator behind virtual streams reuses addresses across streams;
             // CUDA's per-stream pools could not make this reuse.
-            if a != s
-                && (self.streams[a as usize].is_virtual || self.streams[s as usize].is_virtual)
-            {
+            if a != s && (self.streams[a.ix()].is_virtual || self.streams[s.ix()].is_virtual) {
                 continue;
             }
             for u in &tomb.uses {
                 if self.host.covers(u.stream, u.pos)
-                    || self.streams[s as usize].clock.covers(u.stream, u.pos)
+                    || self.streams[s.ix()].clock.covers(u.stream, u.pos)
                 {
                     continue;
                 }
@@ -282,11 +280,11 @@ impl Engine {
         };
         let mut conflicts = std::mem::take(&mut self.scratch);
         conflicts.clear();
-        let mut unwaited: Option<(u32, u64)> = None;
+        let mut unwaited: Option<(StreamIx, u64)> = None;
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
             let st = storages.get_mut(&base).expect("live storage");
-            let clock = &streams[s as usize].clock;
+            let clock = &streams[s.ix()].clock;
             st.shadow.access(
                 ptr - base,
                 end - base,
@@ -442,7 +440,7 @@ impl Engine {
         } else {
             self.pending_seq += 1;
             self.pending_frees += 1;
-            self.streams[a as usize].pending.push(Pending {
+            self.streams[a.ix()].pending.push(Pending {
                 seq: self.pending_seq,
                 base: st.base,
                 nbytes: st.nbytes,

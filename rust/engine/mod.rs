@@ -11,7 +11,7 @@ mod host;
 mod memory;
 mod order;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, StreamIx};
 use crate::error::EngineError;
 use crate::error::Result;
 use crate::hashing::MixMap;
@@ -40,12 +40,12 @@ struct Stream {
 #[derive(Default)]
 struct Event {
     clock: Option<Clock>,
-    stream: Option<u32>,
+    stream: Option<StreamIx>,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Use {
-    stream: u32,
+    stream: StreamIx,
     pos: u64,
     site: SiteId,
     /// This stream is known ordered after the storage's allocation position (checked
@@ -56,13 +56,13 @@ struct Use {
 struct Storage {
     base: u64,
     nbytes: u64,
-    alloc_stream: u32,
+    alloc_stream: StreamIx,
     alloc_site: SiteId,
     /// The allocation stream's position at the allocation (0: nothing to wait for, or an
     /// adopted storage whose allocation was not seen).
     alloc_pos: u64,
     /// Streams given to record_stream, with the site of that call.
-    recorded: SmallVec<[(u32, SiteId); 2]>,
+    recorded: SmallVec<[(StreamIx, SiteId); 2]>,
     /// Latest use per stream other than the allocation stream, in first-use order.
     uses: SmallVec<[Use; 2]>,
     shadow: Shadow,
@@ -75,18 +75,18 @@ struct Pending {
     nbytes: u64,
     alloc_site: SiteId,
     free_site: SiteId,
-    recorded: SmallVec<[(u32, SiteId); 2]>,
+    recorded: SmallVec<[(StreamIx, SiteId); 2]>,
     uses: SmallVec<[Use; 2]>,
 }
 
 /// The allocation that triggered a verdict: (ptr, nbytes, stream, site).
-type Trigger = (u64, u64, u32, SiteId);
+type Trigger = (u64, u64, StreamIx, SiteId);
 
 /// A freed range whose uncovered uses may still be in flight (for `reuse-race`).
 struct Tomb {
     end: u64,
     nbytes: u64,
-    alloc_stream: u32,
+    alloc_stream: StreamIx,
     alloc_site: SiteId,
     free_site: SiteId,
     uses: SmallVec<[Use; 2]>,
@@ -96,7 +96,7 @@ struct Tomb {
 struct HostCopy {
     start: u64,
     end: u64,
-    stream: u32,
+    stream: StreamIx,
     pos: u64,
     site: SiteId,
     to_host: bool,
@@ -126,9 +126,9 @@ const MAX_TOMBS: usize = 1 << 18;
 
 pub struct Engine {
     streams: Vec<Stream>,
-    stream_ix: MixMap<Handle, u32>,
+    stream_ix: MixMap<Handle, StreamIx>,
     /// The last stream looked up: most calls in a row name the same stream.
-    last_stream: (Handle, u32),
+    last_stream: (Handle, StreamIx),
     events: MixMap<Handle, Event>,
     host: Clock,
     /// Live storages by base pointer (the hot path: one hash probe reaches the state).
@@ -166,7 +166,7 @@ impl Engine {
         Engine {
             streams: Vec::new(),
             stream_ix: MixMap::default(),
-            last_stream: (Handle::MIN, 0),
+            last_stream: (Handle::MIN, StreamIx(0)),
             events: MixMap::default(),
             host: Clock::default(),
             storages: MixMap::default(),

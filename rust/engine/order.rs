@@ -8,7 +8,7 @@ impl Engine {
 
     /// The dense index of a stream, creating it (from the host's clock) on first use.
     #[inline]
-    pub(super) fn stream(&mut self, handle: Handle) -> u32 {
+    pub(super) fn stream(&mut self, handle: Handle) -> StreamIx {
         if self.last_stream.0 == handle {
             return self.last_stream.1;
         }
@@ -16,7 +16,7 @@ impl Engine {
             self.last_stream = (handle, ix);
             return ix;
         }
-        let ix = self.streams.len() as u32;
+        let ix = StreamIx(self.streams.len() as u32);
         self.streams.push(Stream {
             handle,
             pos: 0,
@@ -30,12 +30,12 @@ impl Engine {
         ix
     }
 
-    pub fn stream_handle(&self, ix: u32) -> Handle {
-        self.streams[ix as usize].handle
+    pub fn stream_handle(&self, ix: StreamIx) -> Handle {
+        self.streams[ix.ix()].handle
     }
 
-    pub fn stream_label(&self, ix: u32) -> String {
-        let s = &self.streams[ix as usize];
+    pub fn stream_label(&self, ix: StreamIx) -> String {
+        let s = &self.streams[ix.ix()];
         match &s.name {
             Some(n) => n.clone(),
             None => format!("stream {:#x}", s.handle),
@@ -43,7 +43,7 @@ impl Engine {
     }
 
     pub fn define_stream(&mut self, stream: Handle, name: Option<&str>, is_virtual: bool) {
-        let ix = self.stream(stream) as usize;
+        let ix = self.stream(stream).ix();
         if let Some(n) = name {
             self.streams[ix].name = Some(n.to_owned());
         }
@@ -52,16 +52,16 @@ impl Engine {
 
     /// Work enqueued on `s`: its position advances; returns the work's position.
     #[inline]
-    pub(super) fn enqueue(&mut self, s: u32) -> u64 {
-        let st = &mut self.streams[s as usize];
+    pub(super) fn enqueue(&mut self, s: StreamIx) -> u64 {
+        let st = &mut self.streams[s.ix()];
         st.pos += 1;
         let p = st.pos;
         st.clock.set(s, p);
         p
     }
 
-    pub(super) fn live(&self, u: u32, pos: u64) -> Option<bool> {
-        let st = &self.streams[u as usize];
+    pub(super) fn live(&self, u: StreamIx, pos: u64) -> Option<bool> {
+        let st = &self.streams[u.ix()];
         if st.is_virtual && !self.host.covers(u, pos) {
             return Some(true);
         }
@@ -74,7 +74,7 @@ impl Engine {
     pub fn event_record(&mut self, event: Handle, stream: Handle) {
         self.processed += 1;
         let s = self.stream(stream);
-        let clock = self.streams[s as usize].clock.clone();
+        let clock = self.streams[s.ix()].clock.clone();
         let ev = self.events.entry(event).or_default();
         ev.clock = Some(clock);
         ev.stream = Some(s);
@@ -85,7 +85,7 @@ impl Engine {
         let s = self.stream(stream);
         let ev = self.events.entry(event).or_default();
         if let Some(c) = &ev.clock {
-            self.streams[s as usize].clock.join(c);
+            self.streams[s.ix()].clock.join(c);
         }
     }
 
@@ -94,15 +94,15 @@ impl Engine {
         let w = self.stream(waiter);
         let t = self.stream(waited);
         if w != t {
-            let c = self.streams[t as usize].clock.clone();
-            self.streams[w as usize].clock.join(&c);
+            let c = self.streams[t.ix()].clock.clone();
+            self.streams[w.ix()].clock.join(&c);
         }
     }
 
     pub fn stream_synchronize(&mut self, stream: Handle) {
         self.processed += 1;
         let s = self.stream(stream);
-        let c = &self.streams[s as usize].clock;
+        let c = &self.streams[s.ix()].clock;
         self.host.join(c);
     }
 
@@ -126,7 +126,7 @@ impl Engine {
             return self.stream_synchronize(stream);
         }
         self.processed += 1;
-        let s = self.stream(stream) as usize;
+        let s = self.stream(stream).ix();
         let p = self.streams[s].pos;
         self.streams[s].incomplete = Some((p, p));
     }
@@ -139,7 +139,7 @@ impl Engine {
         let ev = self.events.entry(event).or_default();
         if let (Some(c), Some(s)) = (&ev.clock, ev.stream) {
             let lo = c.get(s);
-            let st = &mut self.streams[s as usize];
+            let st = &mut self.streams[s.ix()];
             st.incomplete = Some((lo, st.pos));
         }
     }
