@@ -250,6 +250,7 @@ class AlwaysOnTracker(Tracker):
                 t.is_cpu
                 and self._cpu_device
                 and id(t.untyped_storage()) not in tracking._host_marks
+                and not tracking._emu_host(t.untyped_storage())
             ):
                 h = tracking._vcurrent()
             else:

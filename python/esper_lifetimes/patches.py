@@ -289,10 +289,15 @@ def _f_resize(trs: list[Any], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
     _feed(trs, "on_storage_resized", self)
 
 
+_CUDA_STREAM = torch.cuda.streams.Stream
+_CUDA_EVENT = torch.cuda.streams.Event
+
+
 # (owner, attribute name, factory of the patched function from the original)
 def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
-    cs = torch.cuda.Stream
-    ce = torch.cuda.Event
+    # the real classes, also while esper_lifetimes.emulate has replaced torch.cuda.Stream
+    cs = _CUDA_STREAM
+    ce = _CUDA_EVENT
     t = torch.Tensor
     table: list[tuple[Any, str, Callable[[Any], Any]]] = [
         (t, "record_stream", _make_record_stream),

@@ -421,6 +421,16 @@ def _span(t: torch.Tensor) -> int:
 _vstate = virtual._state
 _VDEFAULT = virtual.DEFAULT
 _host_marks = virtual._host
+# CUDA emulation (esper_lifetimes.emulate) sets this while it runs: a CPU storage is then
+# emulated device memory when it carries the ``_esper_cuda`` tag, host memory otherwise.
+_emulating = False
+
+
+def _emu_host(st: Any) -> bool:
+    """Under CUDA emulation, whether CPU storage ``st`` is host memory (untagged)."""
+    return _emulating and getattr(st, "_esper_cuda", None) is None
+
+
 _dynamo_compiling = torch.compiler.is_dynamo_compiling
 _getframe = sys._getframe
 
@@ -553,7 +563,12 @@ class _Mode(TorchDispatchMode):
                         except Exception:  # sparse, nested: not tracked
                             st = None
                         key = id(st)
-                        if st is not None and key not in recs and key not in _host_marks:
+                        if (
+                            st is not None
+                            and key not in recs
+                            and key not in _host_marks
+                            and not (_emulating and getattr(st, "_esper_cuda", None) is None)
+                        ):
                             # a fresh storage on the virtual stream: register, then write
                             ref = _Ref(st, tr._on_free_cb)
                             ref.key = key
@@ -612,12 +627,13 @@ class Tracker:
     ) -> None:
         self.policy = _policy(on_hazard)
         if cpu is None:
-            cpu = "host" if torch.cuda.is_available() else "device"
+            cpu = "host" if torch.cuda.is_available() and not _emulating else "device"
         if cpu not in ("device", "host"):
             raise ValueError(f"cpu must be 'device' or 'host', not {cpu!r}")
         self.cpu = cpu
-        self._cpu_device = cpu == "device"
-        self._cuda_ok = torch.cuda.is_available()
+        # under CUDA emulation, emulated CUDA tensors are device memory whatever ``cpu`` says
+        self._cpu_device = cpu == "device" or _emulating
+        self._cuda_ok = torch.cuda.is_available() and not _emulating
         self._state = "new"
         self._shared = False
         self._eng: Any = None
@@ -1063,7 +1079,7 @@ class Tracker:
                     ref.policy = self._current_policy()
                 self._recs[key] = ref
                 return ref
-            if not self._cpu_device:
+            if not self._cpu_device or _emu_host(st):
                 return None
             kind = _VIRTUAL
             if not fresh:
@@ -1235,11 +1251,12 @@ class Tracker:
             return "d"
         if not t.is_cpu:
             return "-"
-        key = id(t.untyped_storage())
+        st = t.untyped_storage()
+        key = id(st)
         ref = self._recs.get(key)
         if ref is not None:
             return "h" if ref.kind == _HOST else "d"
-        if key in _host_marks or not self._cpu_device:
+        if key in _host_marks or not self._cpu_device or _emu_host(st):
             return "h"
         return "d"
 
@@ -1285,6 +1302,8 @@ class Tracker:
                 d_side = "d"
             elif not dst.is_cpu:
                 d_side = "-"
+            elif _emulating:
+                d_side = "h" if _emu_host(dst.untyped_storage()) else "d"
             elif src.is_cuda or s_side == "h":
                 d_side = "h"
             else:
@@ -1313,7 +1332,7 @@ class Tracker:
             if h is None:
                 return
             # torch pins the output of a non-blocking device-to-host _to_copy
-            pinned = (nb and src.is_cuda) if fresh else self._is_pinned(dst)
+            pinned = (nb and (src.is_cuda or _emulating)) if fresh else self._is_pinned(dst)
             if pinned:
                 ref = self._host_ref(dst, True)
                 n = _span(dst)
