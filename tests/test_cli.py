@@ -176,6 +176,41 @@ def test_missing_file_exits_2(tmp_path, capsys):
     assert err.startswith("esper-lifetimes: error: ") and "nope.jsonl" in err
 
 
+def test_deeply_nested_json_exits_2_naming_the_line(traces, capsys):
+    path = traces["clean"]
+    with open(path, "a") as f:
+        f.write("[" * 200_000 + "]" * 200_000 + "\n")
+    status, out, err = run(["replay", path], capsys)
+    assert status == 2
+    assert f"{path}:6: malformed JSON: nested too deeply" in err
+
+
+def test_a_cut_trace_replays_its_whole_lines_and_says_it_was_cut(traces, capsys):
+    path = traces["errors"]
+    with open(path, "a") as f:
+        f.write('{"op":"free","ptr":')  # a writer killed mid-line
+    status, out, err = run(["replay", path], capsys)
+    assert status == 1  # the hazards before the cut are reported
+    assert f"esper-lifetimes: warning: {path}:" in err and "the trace was cut" in err
+    assert "unsynced-free (error)" in err
+
+
+def test_a_trace_with_launches_replays(tmp_path, capsys):
+    path = tmp_path / "launch.jsonl"
+    with TraceWriter(path) as w:
+        w.define_stream(S, "side")
+        w.alloc(X, N, D, "k.py:1")
+        w.launch(D, [], [X, N], "k.py:2")
+        w.launch(S, [X, N], [], "k.py:3")  # reads D's write, unordered
+    status, out, err = run(["replay", str(path), "--report", str(tmp_path / "r")], capsys)
+    assert status == 1, err
+    assert "unsynced-access (error)" in err
+    doc = json.loads((tmp_path / "r" / "report.json").read_text())
+    (h,) = doc["hazards"]
+    assert h["kind"] == "unsynced-access" and h["opened_at"] == 3
+    assert [a["role"] for a in h["anchors"]] == ["access", "access"]
+
+
 def test_malformed_line_exits_2_naming_the_line(traces, capsys):
     path = traces["clean"]
     with open(path, "a") as f:

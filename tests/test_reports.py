@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from esper_lifetimes import Engine, ops
+from esper_lifetimes import Engine, InvalidArgumentError, ops
 from esper_lifetimes.reports import (
     KINDS,
     SCHEMA_NAME,
@@ -100,11 +100,17 @@ def all_kinds_timeline() -> tuple[Timeline, Engine]:
     e.stream_wait(S, D)
     e.access(c, N, S, False, "example.py:4")
     e.free(c, "example.py:6")
+    e.alloc(c + N, N, D, "example.py:7")  # the next allocation on D judges the free
+    # unwaited-allocation: fresh storage of D read on T before T waited for D
+    u = 0x7F0000400000
+    e.alloc(u, N, D, "fresh.py:1")
+    e.access(u, N, T, False, "fresh.py:2")
     e.device_synchronize()
     e.event_record(0xE1, S)
     e.event_wait(0xE1, T)
     e.event_synchronize(0xE1)
     e.stream_query(T, False)
+    e.flush()  # the end of the run: record_stream advice is given here
     return tl, e
 
 
@@ -130,6 +136,39 @@ def test_timeline_records_calls_in_order():
     assert all(isinstance(t, int) for t in stamps)
     assert stamps == sorted(stamps)
     assert tl[-1].op == "access"
+
+
+def test_launch_through_a_wrapped_engine_is_recorded_and_replayed():
+    tl = Timeline()
+    e = tl.wrap(Engine())
+    e.define_stream(S, "side")
+    e.alloc(X, N, D, "k.py:1")
+    e.launch(D, [], [X, N], "k.py:2")
+    e.launch(S, (X, N), (), "k.py:3")
+    assert [ev.op for ev in tl] == ["define_stream", "alloc", "launch", "launch"]
+    assert tl[3].args == {"stream": S, "reads": [X, N], "writes": [], "site": "k.py:3"}
+    a = analyze(tl)
+    assert [h.fields for h in a.hazards] == [h.to_dict() for h in e.hazards()]
+    (h,) = a.hazards
+    assert h.fields["kind"] == "unsynced-access" and h.opened_seq == 3
+    assert [(x["role"], x["seq"]) for x in h.anchors] == [("access", 2), ("access", 3)]
+
+
+def test_numpy_integers_through_a_wrapped_engine_make_plain_reports(tmp_path):
+    tl = Timeline()
+    e = tl.wrap(Engine())
+    e.alloc(np.int64(X), np.int64(N), np.uint64(D), "n.py:1")
+    e.access(np.uint64(X), np.int32(N), np.int64(S), np.bool_(False), "n.py:2")
+    e.free(np.int64(X), "n.py:3")
+    e.flush()
+    assert tl[1].args == {"ptr": X, "nbytes": N, "stream": S, "write": False, "site": "n.py:2"}
+    assert [type(v) for v in tl[1].args.values()] == [int, int, int, bool, str]
+    paths = write_all(tmp_path / "r", e.hazards(), tl)
+    doc = json.loads(open(paths["json"]).read())
+    assert [h["kind"] for h in doc["hazards"]] == ["unsynced-free"]
+    with pytest.raises(InvalidArgumentError):
+        e.alloc(True, N, D)
+    assert len(tl) == 4
 
 
 def test_timeline_does_not_record_rejected_calls():
@@ -177,10 +216,12 @@ def test_hazards_open_at_the_right_event():
     kinds = {h.fields["kind"]: h for h in a.hazards}
     assert set(kinds) == {"unsynced-free", "reuse-race"}
     free = kinds["unsynced-free"]
-    assert free.opened_seq == at["free"]
+    # a free is judged at the next allocation on its allocation stream
+    assert free.opened_seq == at["realloc"]
     assert [(x["role"], x["seq"], x["stream"]) for x in free.anchors] == [
         ("use", at["use"], S),
         ("free", at["free"], D),
+        ("judged", at["realloc"], D),
     ]
     race = kinds["reuse-race"]
     assert race.opened_seq == at["realloc"]
@@ -204,8 +245,8 @@ def test_repeats_are_placed():
     assert len(free.occurrences) == 2
     assert len(free.paths) == 2
     second = free.paths[1]
-    assert [x["role"] for x in second] == ["use", "free"]
-    assert tl[second[-1]["seq"]].op == "free"
+    assert [x["role"] for x in second] == ["use", "free", "judged"]
+    assert tl[second[-1]["seq"]].op == "alloc"  # the allocation that judged the free
 
 
 def test_every_kind_is_anchored():
@@ -216,8 +257,13 @@ def test_every_kind_is_anchored():
     assert roles["host-read-before-copy"] == ["copy", "host_read"]
     assert roles["host-write-during-copy"] == ["copy", "host_write"]
     assert roles["redundant-record-stream"] == ["record_stream"]
+    assert roles["unwaited-allocation"] == ["alloc", "access"]
+    assert roles["unsynced-free"] == ["use", "free", "judged"]
     for h in a.hazards:
-        assert h.opened_seq == h.anchors[-1]["seq"]
+        if h.fields["kind"] == "redundant-record-stream":  # advice is given at the flush
+            assert tl[h.opened_seq].op == "flush"
+        else:
+            assert h.opened_seq == h.anchors[-1]["seq"]
 
 
 def test_timeline_from_trace_events_matches():
@@ -243,7 +289,7 @@ def test_timeline_from_trace_file(tmp_path):
     assert from_file[0].line == 2  # line 1 is the header
     assert from_file.meta["trace"] == str(path)
     a = analyze(from_file)
-    assert [h.opened_seq for h in a.hazards] == [at["free"], at["realloc"]]
+    assert [h.opened_seq for h in a.hazards] == [at["realloc"], at["realloc"]]
 
 
 def test_bulk_replay_is_recorded():
@@ -310,9 +356,12 @@ def test_a_tracker_records_its_engine_calls_on_a_timeline():
     ops_seen = {ev.op for ev in tl}
     assert {"define_stream", "alloc", "access", "stream_wait", "free"} <= ops_seen
     (h,) = t.hazards
-    a = analyze(tl, t.hazards)  # the replay finds the tracker's hazard, at the free
+    # the replay finds the tracker's hazard where the free was judged: at the flush of
+    # the region's end, as no allocation on the default stream followed it
+    a = analyze(tl, t.hazards)
     assert a.hazards[0].opened_seq is not None
-    assert tl[a.hazards[0].opened_seq].op == "free"
+    assert tl[a.hazards[0].opened_seq].op == "flush"
+    assert [x["role"] for x in a.hazards[0].anchors] == ["use", "free"]
     assert a.hazards[0].fields["use_site"] == h.use_site and h.use_site.endswith(
         f"test_reports.py:{_line_of('# @use')}"
     )
@@ -339,6 +388,7 @@ def test_text_report_groups_by_kind_with_counts_streams_and_sites():
     assert [k for k, _ in headers] == [
         "unsynced-free",
         "reuse-race",
+        "unwaited-allocation",
         "unsynced-access",
         "host-read-before-copy",
         "host-write-during-copy",
@@ -350,7 +400,7 @@ def test_text_report_groups_by_kind_with_counts_streams_and_sites():
     assert re.search(r"freed\s+example.py:6", text)
     assert "fix: " in text
     assert text.startswith(
-        "esper-lifetimes: 6 distinct hazards (7 occurrences): 5 errors, 1 advice"
+        "esper-lifetimes: 7 distinct hazards (8 occurrences): 6 errors, 1 advice"
     )
 
 
@@ -387,9 +437,9 @@ def test_json_report_validates(tmp_path):
     assert doc["summary"]["errors"] == 2
     first = doc["hazards"][0]
     assert first["kind"] == "unsynced-free"
-    assert first["opened_at"] == at["free"]
+    assert first["opened_at"] == at["realloc"]
     assert first["streams"] == ["default", "side"]
-    assert [a["role"] for a in first["anchors"]] == ["use", "free"]
+    assert [a["role"] for a in first["anchors"]] == ["use", "free", "judged"]
     assert doc["timeline"]["streams"][1] == {
         "handle": S,
         "name": "side",
@@ -570,7 +620,7 @@ def test_chrome_trace_is_a_valid_trace_event_document(tmp_path):
         for ev in doc["traceEvents"]
         if ev.get("cat", "").startswith("hazard,")
     }
-    assert marks["unsynced-free"]["ts"] == at["free"]
+    assert marks["unsynced-free"]["ts"] == at["realloc"]
     assert marks["unsynced-free"]["tid"] == tracks["default"]
     assert marks["reuse-race"]["ts"] == at["realloc"]
     assert "example.py:4" in marks["unsynced-free"]["args"]["message"]
@@ -792,7 +842,7 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
     assert 'data-rendered="1"' in html_out, "the timeline script did not finish"
     lanes = re.findall(r'<g class="lane(?: host)?" data-lane="\d+" data-name="([^"]*)"', html_out)
     assert lanes == ["default", "side", "third", "host"]
-    assert len(re.findall(r'<g class="storage[^"]*" data-storage="\d+"', html_out)) == 5
+    assert len(re.findall(r'<g class="storage[^"]*" data-storage="\d+"', html_out)) == 7
     drawn = set(
         re.findall(
             r'<g class="hazard-link [a-z]+" data-hazard="\d+" data-kind="([a-z-]+)"', html_out

@@ -497,6 +497,12 @@ def _replay(
         _error(err, str(exc))
         return None
     timeline.meta["trace"] = label
+    cut = timeline.meta.get("trace_cut_at")
+    if cut is not None:
+        err.write(
+            f"esper-lifetimes: warning: {label}:{cut}: the trace was cut (its last line is "
+            f"not whole); replaying the {len(timeline)} events before it\n"
+        )
     analysis = reports.analyze(timeline)
     if analysis.rejected:
         seq, op, why = analysis.rejected[0]

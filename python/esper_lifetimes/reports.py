@@ -37,6 +37,7 @@ from importlib import resources
 from typing import IO, Any
 
 from esper_lifetimes import Engine, LifetimesError, vocab
+from esper_lifetimes.recording import Recorder
 
 __all__ = [
     "SCHEMA_NAME",
@@ -103,8 +104,7 @@ _BULK: dict[int, tuple[str, Callable[[int, int, int], tuple]]] = {
 }
 
 
-def _bind(op: str, args: tuple, kwargs: dict[str, Any]) -> tuple:
-    return vocab.bind(op, args, kwargs)
+_bind = vocab.bind
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,14 @@ class Timeline:
             raise ValueError(f"unknown engine op {op!r} (known: {', '.join(_OPS)})")
         if kwargs or len(args) != len(spec):
             args = _bind(op, args, kwargs)
+        try:
+            args = vocab.coerce(op, args)
+        except vocab.BadArgument as exc:
+            raise ValueError(str(exc)) from None
+        self._append(op, args)
+
+    def _append(self, op: str, args: tuple) -> None:
+        # A call the recorder already checked (plain values, sites as strings).
         if self.max_events is not None and len(self._events) >= self.max_events:
             self.dropped += 1
             return
@@ -169,8 +177,8 @@ class Timeline:
         """Record bulk-path rows ``[code, a, b, c]`` (as given to ``Engine.replay``)."""
         rows = rows.tolist() if hasattr(rows, "tolist") else rows
         for code, a, b, c in rows:
-            op, to_args = _BULK[int(code)]
-            self.record(op, *to_args(int(a), int(b), int(c)))
+            bulk = vocab.BULK[int(code)]
+            self._append(bulk.op, bulk.args(int(a), int(b), int(c)))
 
     def wrap(self, engine: Any = None) -> TimelineEngine:
         """An Engine (``engine``, or a new one) whose every accepted call is also recorded."""
@@ -215,11 +223,14 @@ class Timeline:
         from esper_lifetimes.trace import read_trace
 
         trace = read_trace(path)
-        meta = {"trace": os.fspath(path)}
+        meta: dict[str, Any] = {"trace": os.fspath(path)}
         metadata = getattr(trace, "metadata", None)
         if metadata:
             meta["trace_metadata"] = metadata
-        return cls.from_events(trace, meta=meta)
+        timeline = cls.from_events(trace, meta=meta)
+        if trace.cut_at is not None:
+            timeline.meta["trace_cut_at"] = trace.cut_at
+        return timeline
 
     # -- reading -----------------------------------------------------------------------
 
@@ -273,46 +284,17 @@ class Timeline:
         return f"<Timeline {len(self._events)} events{extra}>"
 
 
-class TimelineEngine:
-    """An Engine that records each call it accepts on a :class:`Timeline`.
+class TimelineEngine(Recorder):
+    """An Engine that records each call it accepts on a :class:`Timeline` (the one
+    recording proxy, :class:`esper_lifetimes.recording.Recorder`).
 
     Methods have the Engine's signatures and return values; read-only ones (``hazards``,
     ``stats``, ...) are forwarded. A call the engine rejects is not recorded.
     """
 
     def __init__(self, timeline: Timeline, engine: Any = None):
+        super().__init__(timeline._append, engine, site_names=timeline.site_names)
         self.timeline = timeline
-        self.engine = Engine() if engine is None else engine
-
-    def intern(self, site: str) -> int:
-        site_id = self.engine.intern(site)
-        self.timeline.site_names[site_id] = site
-        return site_id
-
-    def replay(self, array: Any) -> int:
-        before = self.engine.stats()["events_processed"]
-        try:
-            applied = self.engine.replay(array)
-        except LifetimesError:
-            self.timeline.record_rows(array[: self.engine.stats()["events_processed"] - before])
-            raise
-        self.timeline.record_rows(array[:applied])
-        return applied
-
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self.engine, name)
-        if name not in _OPS:
-            return target
-        record = self.timeline.record
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = target(*args, **kwargs)
-            record(name, *args, **kwargs)
-            return result
-
-        call.__name__ = name
-        self.__dict__[name] = call  # later calls skip __getattr__
-        return call
 
 
 # --------------------------------------------------------------------------------------
@@ -585,6 +567,7 @@ class _Replayer:
         self.events_rec: dict[int, tuple[int, int]] = {}  # event -> (stream, seq) recorded
         self.last_work: dict[int, int] = {}  # stream -> seq of its latest work
         self.counts: list[int] = []
+        self.pending_frees = False  # a free with a foreign use since the last alloc/flush
 
     def stream(self, handle: int) -> _Stream:
         s = self.a.streams.get(handle)
@@ -612,34 +595,46 @@ class _Replayer:
             except LifetimesError as exc:
                 a.rejected.append((seq, op, f"{type(exc).__name__}: {exc}"))
                 continue
-            maybe_repeat = getattr(self, "op_" + op)(seq, *args)
-            n = engine.hazard_count()
-            known = len(self.counts)
-            if maybe_repeat and known and known <= _MAX_REPEAT_SCAN:
-                for i, h in enumerate(engine.hazards()[:known]):
-                    if h.count > self.counts[i]:
-                        self.counts[i] = h.count
-                        rec = a.replayed[i]
-                        if len(rec.occurrences) < _MAX_OCCURRENCES:
-                            rec.occurrences.append(seq)
-                        if len(rec.paths) < _MAX_PATHS:
-                            rec.paths.append(self.anchors(rec.fields, seq, op, args))
-            elif maybe_repeat and known > _MAX_REPEAT_SCAN:
-                a.repeats_placed = False
-            if n > known:
-                for h in engine.hazards(known):
-                    d = hazard_dict(h)
-                    rec = _Hazard(len(a.replayed) + 1, d, seq, [seq])
-                    rec.anchors = self.anchors(d, seq, op, args)
-                    rec.paths.append(rec.anchors)
-                    a.replayed.append(rec)
-                    self.counts.append(h.count)
-            if self.reused:
-                gone = {id(t) for t in self.reused}
-                self.tomb_list = [t for t in self.tomb_list if id(t) not in gone]
-                self.reused = []
+            self.step(seq, op, args)
+        # The end of the timeline is the end of its run: frees still pending are judged
+        # now (a timeline that ends with a flush loses nothing by it). Their hazards are
+        # placed at the last event.
+        if hasattr(engine, "flush") and len(tl._events):
+            engine.flush()
+            self.step(len(tl._events) - 1, "flush", ())
         for rec, h in zip(a.replayed, engine.hazards(), strict=True):
             rec.fields = hazard_dict(h)  # final counts
+
+    def step(self, seq: int, op: str, args: tuple) -> None:
+        """Update the model after the engine accepted ``op(*args)`` at event ``seq``, and
+        place the hazards it opened or repeated."""
+        a, engine = self.a, self.engine
+        maybe_repeat = getattr(self, "op_" + op)(seq, *args)
+        n = engine.hazard_count()
+        known = len(self.counts)
+        if maybe_repeat and known and known <= _MAX_REPEAT_SCAN:
+            for i, h in enumerate(engine.hazards()[:known]):
+                if h.count > self.counts[i]:
+                    self.counts[i] = h.count
+                    rec = a.replayed[i]
+                    if len(rec.occurrences) < _MAX_OCCURRENCES:
+                        rec.occurrences.append(seq)
+                    if len(rec.paths) < _MAX_PATHS:
+                        rec.paths.append(self.anchors(rec.fields, seq, op, args))
+        elif maybe_repeat and known > _MAX_REPEAT_SCAN:
+            a.repeats_placed = False
+        if n > known:
+            for h in engine.hazards(known):
+                d = hazard_dict(h)
+                rec = _Hazard(len(a.replayed) + 1, d, seq, [seq])
+                rec.anchors = self.anchors(d, seq, op, args)
+                rec.paths.append(rec.anchors)
+                a.replayed.append(rec)
+                self.counts.append(h.count)
+        if self.reused:
+            gone = {id(t) for t in self.reused}
+            self.tomb_list = [t for t in self.tomb_list if id(t) not in gone]
+            self.reused = []
 
     # -- per op: update the model; return True when a known hazard may have repeated --
 
@@ -656,13 +651,36 @@ class _Replayer:
         self.a.storages.append(s)
         self.live[ptr] = s
         bisect.insort(self.bases, ptr)
+        # A free with a use on another stream is judged at the next allocation on its
+        # allocation stream: an unsynced-free may open or repeat here.
+        pending = self.pending_frees
+        self.pending_frees = False
         if self.tomb_list:
             hi = ptr + nbytes
             hit = [t for t in self.tomb_list if t.ptr < hi and ptr < t.ptr + t.nbytes]
             if hit:
                 self.reused = hit
                 return True
+        return pending
+
+    def op_adopt(self, seq, ptr, nbytes, stream, site):
+        self.stream(stream)
+        s = _Storage(len(self.a.storages), ptr, nbytes, stream, seq, site)
+        self.a.storages.append(s)
+        self.live[ptr] = s
+        bisect.insort(self.bases, ptr)
         return False
+
+    def op_flush(self, seq):
+        self.pending_frees = False
+        return True
+
+    def op_launch(self, seq, stream, reads, writes, site):
+        multi = False
+        for ranges, write in ((reads, False), (writes, True)):
+            for i in range(0, len(ranges), 2):
+                multi |= self.op_access(seq, ranges[i], ranges[i + 1], stream, write, site)
+        return multi
 
     def op_access(self, seq, ptr, nbytes, stream, write, site):
         self.stream(stream)
@@ -673,7 +691,8 @@ class _Replayer:
             sid = s.id
             s.uses.append((seq, stream, bool(write), ptr, ptr + nbytes, site))
             s.last_use[stream] = (seq, site)
-            multi = len(s.last_use) > 1
+            # two streams, or one that is not the allocation stream (unwaited-allocation)
+            multi = len(s.last_use) > 1 or stream != s.stream
         self.last_work[stream] = seq
         what = "write" if write else "read"
         self.a.marks.append((seq, what, stream, {"site": site, "storage": sid, "ptr": ptr}))
@@ -695,6 +714,7 @@ class _Replayer:
         s.free_seq, s.free_site = seq, site
         self.freed_at[ptr] = s
         foreign = any(u != s.stream for u in s.last_use)
+        self.pending_frees |= foreign
         if foreign:
             self.tomb_list.append(s)
             if len(self.tomb_list) > _MAX_TOMBS:
@@ -812,18 +832,35 @@ class _Replayer:
                     best = (score, (at, stream, site))
             return None if best is None else best[1]
 
-        if op == "free":
-            s = self.freed_at[args[0]]
-            if kind == "unsynced-free":
-                use = foreign_use(s)
-                if use is not None:
-                    add("use", use[0], use[1], use[2], s)
-                add("free", seq, s.stream, args[1], s)
-            elif kind == "redundant-record-stream":
+        if op == "launch":  # place it as the one access of the launch that it is about
+            op, args = "access", self.launch_access(h, args)
+        if kind == "unsynced-free" and h["ptr"] in self.freed_at:
+            # judged at the free (engines before pending frees), the next allocation on
+            # its allocation stream, or a flush
+            s = self.freed_at[h["ptr"]]
+            use = foreign_use(s)
+            if use is not None:
+                add("use", use[0], use[1], use[2], s)
+            if s.free_seq is not None:
+                add("free", s.free_seq, s.stream, s.free_site, s)
+            if op == "alloc":
+                add("judged", seq, args[2], args[3], self.live.get(args[0]))
+        elif kind == "redundant-record-stream" and op != "record_stream":
+            # given at a flush (per call site) or, by older engines, at the free
+            found = [x for x in (self.find(h["ptr"]), self.freed_at.get(h["ptr"])) if x]
+            found.sort(key=lambda x: not any(r[2] == h["use_site"] for r in x.records))
+            if found:
+                s = found[0]
                 recs = [r for r in s.records if r[2] == h["use_site"]] or s.records
                 if recs:
                     add("record_stream", recs[0][0], recs[0][1], recs[0][2], s)
-                add("free", seq, s.stream, args[1], s)
+                if s.free_seq is not None:
+                    add("free", s.free_seq, s.stream, s.free_site, s)
+        elif op == "access" and kind == "unwaited-allocation":
+            s = self.find(args[0])
+            if s is not None:
+                add("alloc", s.alloc_seq, s.stream, s.alloc_site, s)
+            add("access", seq, args[2], args[4], s)
         elif op == "alloc" and kind == "reuse-race":
             lo, hi = args[0], args[0] + args[1]
             old = None
@@ -866,11 +903,24 @@ class _Replayer:
             if copy is not None:
                 add("copy", copy[0], copy[4], copy[5])
             add("host_write" if args[2] else "host_read", seq, None, args[3])
-        if not any(x["seq"] == seq for x in out):
-            stream = args[2] if op in ("alloc", "access") else None
+        if not any(x["seq"] == seq for x in out) and op != "flush":
+            stream = args[2] if op in ("alloc", "adopt", "access") else None
             add(op, seq, stream, args[-1] if op in _HAS_SITE else None)
         out.sort(key=lambda x: x["seq"])
         return out
+
+    def launch_access(self, h: dict[str, Any], args: tuple) -> tuple:
+        """The (ptr, nbytes, stream, write, site) of the launch's range that ``h`` is on."""
+        stream, reads, writes, site = args
+        lo, hi = h["ptr"], h["ptr"] + max(h["nbytes"] or 1, 1)
+        first = None
+        for ranges, write in ((writes, True), (reads, False)):
+            for i in range(0, len(ranges), 2):
+                p, n = ranges[i], ranges[i + 1]
+                if p < hi and lo < p + n:
+                    return (p, n, stream, write, site)
+                first = first or (p, n, stream, write, site)
+        return first or (h["ptr"], h["nbytes"] or 1, stream, False, site)
 
 
 def _assign_rows(a: Analysis) -> None:

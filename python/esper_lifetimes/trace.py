@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, NamedTuple
 
 from esper_lifetimes import Engine, LifetimesError, vocab
+from esper_lifetimes.recording import Recorder, op_method
 
 __all__ = [
     "FORMAT",
@@ -105,32 +106,12 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_arg(op: str, name: str, kind: str, value: Any) -> str | None:
-    """Why ``value`` is not a valid ``name`` argument of ``op``, or None when it is."""
-    if kind == _INT:
-        if type(value) is not int:
-            return f"{op}: argument '{name}' must be an integer, got {_type_name(value)} {value!r}"
-        if not _I64_MIN <= value <= _U64_MAX:
-            return f"{op}: argument '{name}' = {value} is outside the 64-bit range"
-    elif kind == _RANGES:
-        if type(value) not in (list, tuple) or len(value) % 2:
-            return (
-                f"{op}: argument '{name}' must be a list of (ptr, nbytes) pairs flattened, "
-                f"got {_type_name(value)} {value!r}"
-            )
-        for v in value:
-            if type(v) is not int or not _I64_MIN <= v <= _U64_MAX:
-                return f"{op}: argument '{name}' holds {v!r}, not a 64-bit integer"
-    elif kind == _BOOL:
-        if type(value) is not bool:
-            return (
-                f"{op}: argument '{name}' must be true or false, got {_type_name(value)} {value!r}"
-            )
-    elif value is not None and type(value) is not str:  # _SITE, _NAME
-        return (
-            f"{op}: argument '{name}' must be a string or null, got {_type_name(value)} {value!r}"
-        )
-    return None
+def _coerce(op: str, values: Iterable[Any]) -> tuple[tuple | None, str | None]:
+    """(plain values, None), or (None, why not): the vocabulary's one rule, sites as strings."""
+    try:
+        return vocab.coerce(op, tuple(values), site_ids=False), None
+    except vocab.BadArgument as exc:
+        return None, str(exc)
 
 
 def _event_from_json(obj: Any, line: int) -> tuple[TraceEvent | None, str | None]:
@@ -145,7 +126,7 @@ def _event_from_json(obj: Any, line: int) -> tuple[TraceEvent | None, str | None
         return None, f"unknown op {op!r} (known ops: {', '.join(sorted(OPS))})"
     args = []
     present = 1  # "op"
-    for name, kind, default in specs:
+    for name, _kind, default in specs:
         if name in obj:
             value = obj[name]
             present += 1
@@ -153,16 +134,16 @@ def _event_from_json(obj: Any, line: int) -> tuple[TraceEvent | None, str | None
             return None, f"{op}: missing argument '{name}'"
         else:
             value = default
-        reason = _check_arg(op, name, kind, value)
-        if reason:
-            return None, reason
         args.append(value)
     if len(obj) > present:
         known = [spec[0] for spec in specs]
         extra = sorted(k for k in obj if k != "op" and k not in known)
         allowed = ", ".join(known) if known else "none"
         return None, f"{op}: unknown argument(s) {', '.join(map(repr, extra))} (allowed: {allowed})"
-    return TraceEvent(op, tuple(args), line), None
+    values, reason = _coerce(op, args)
+    if reason:
+        return None, reason
+    return TraceEvent(op, values, line), None
 
 
 def _check_header(obj: Any) -> str | None:
@@ -186,25 +167,51 @@ def _open_text(path: str | os.PathLike, mode: str) -> IO[str]:
     return open(path, mode, encoding="utf-8", newline="\n")  # noqa: SIM115
 
 
+def _open_bytes(path: str) -> IO[bytes]:
+    # Read as bytes and decoded line by line: a line cut inside a UTF-8 sequence is then
+    # a cut line like any other, not an error at the end of the file.
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode(raw: bytes) -> tuple[Any, str | None]:
+    """(object, None) or (None, why the line is not one JSON value)."""
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text (byte {exc.start + 1})"
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "malformed JSON: nested too deeply"
+    except ValueError as exc:
+        detail = getattr(exc, "msg", str(exc))
+        col = getattr(exc, "colno", None)
+        return None, f"malformed JSON: {detail}" + (f" (column {col})" if col else "")
+
+
 class Trace:
     """A trace file opened by :func:`read_trace`: its header, and its events when iterated.
 
     The header is checked when the trace is opened; each event is checked as it is
-    read. Iterating again re-reads the file.
+    read. Iterating again re-reads the file. A last line that is not whole (no line
+    end, and not JSON: a writer killed mid-line) ends the events without an error;
+    :attr:`cut_at` then holds its line number.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._name = self.path
         try:
-            with _open_text(self.path, "r") as f:
+            with _open_bytes(self.path) as f:
                 first = f.readline()
-        except (OSError, UnicodeDecodeError, EOFError) as exc:
+        except (OSError, EOFError) as exc:
             raise TraceError(f"cannot read trace: {exc}", where=self._name) from exc
-        try:
-            header = json.loads(first)
-        except ValueError:
-            header = None
+        header, _ = _decode(first.removeprefix(_BOM))
         reason = _check_header(header)
         if reason:
             raise TraceError(reason, where=f"{self._name}:1", line=1)
@@ -213,33 +220,34 @@ class Trace:
         self.metadata: dict[str, Any] = header.get("metadata", {})
         self.events_read = 0
         """Events yielded by the latest iteration."""
+        self.cut_at: int | None = None
+        """The line number of a cut last line, found by the latest iteration; or None."""
 
     def __iter__(self) -> Iterator[TraceEvent]:
         name = self._name
         self.events_read = 0
+        self.cut_at = None
+        lineno = 1
         try:
-            with _open_text(self.path, "r") as f:
+            with _open_bytes(self.path) as f:
                 f.readline()  # the header, checked in __init__
-                for lineno, text in enumerate(f, start=2):
-                    if not text.strip():
+                for lineno, raw in enumerate(f, start=2):
+                    if not raw.strip():
                         continue
-                    try:
-                        obj = json.loads(text.rstrip("\r\n"))
-                    except ValueError as exc:
-                        detail = getattr(exc, "msg", str(exc))
-                        col = getattr(exc, "colno", None)
-                        where = f" (column {col})" if col else ""
-                        raise TraceError(
-                            f"malformed JSON: {detail}{where}",
-                            where=f"{name}:{lineno}",
-                            line=lineno,
-                        ) from None
+                    obj, reason = _decode(raw)
+                    if reason and not raw.endswith(b"\n"):
+                        self.cut_at = lineno
+                        return
+                    if reason:
+                        raise TraceError(reason, where=f"{name}:{lineno}", line=lineno)
                     event, reason = _event_from_json(obj, lineno)
                     if reason:
                         raise TraceError(reason, where=f"{name}:{lineno}", line=lineno)
                     self.events_read += 1
                     yield event
-        except (OSError, UnicodeDecodeError, EOFError) as exc:
+        except EOFError:  # a compressed trace that ends mid-stream: cut as well
+            self.cut_at = lineno + 1
+        except OSError as exc:
             raise TraceError(f"cannot read trace: {exc}", where=name) from exc
 
     def __repr__(self) -> str:
@@ -277,13 +285,17 @@ def _events_of(source: Any) -> tuple[Iterable[TraceEvent], str]:
     return checked(), ""
 
 
-def replay_trace(path_or_events: Any, engine: Any = None) -> Any:
+def replay_trace(path_or_events: Any, engine: Any = None, *, flush: bool = True) -> Any:
     """Apply a trace's events to ``engine`` (a new :class:`Engine` by default); return it.
 
     ``path_or_events`` is a trace file path, a :class:`Trace`, or an iterable of
     :class:`TraceEvent` or of event dicts (``{"op": "alloc", "ptr": ..., ...}``). An engine
     error (say, a free of an unknown pointer) is raised as a :class:`TraceError` that names
     the line and keeps the engine's error as ``__cause__``; events before it are applied.
+    The end of a trace is the end of its run: ``flush`` (the default) then calls
+    ``engine.flush()``, which judges the frees still pending (a trace that ends with a
+    ``flush`` event loses nothing by it). A trace whose last line was cut is replayed up
+    to its last whole line (``Trace.cut_at`` says where).
     """
     if engine is None:
         engine = Engine()
@@ -298,6 +310,8 @@ def replay_trace(path_or_events: Any, engine: Any = None) -> Any:
             raise TraceError(
                 f"{event.op}: {type(exc).__name__}: {exc}", where=where, line=event.line
             ) from exc
+    if flush:
+        engine.flush()
     return engine
 
 
@@ -358,93 +372,29 @@ class TraceWriter:
     def _emit(self, op: str, values: Iterable[Any]) -> None:
         if self._file.closed:
             raise TraceError(f"trace {self.name} is closed")
+        values, reason = _coerce(op, values)
+        if reason:
+            raise TraceError(reason)
         obj: dict[str, Any] = {"op": op}
-        for (name, kind, default), value in zip(OPS[op], values, strict=True):
-            reason = _check_arg(op, name, kind, value)
-            if reason:
-                raise TraceError(reason)
-            if default is _REQUIRED or value is not default:
+        for (name, _kind, default), value in zip(OPS[op], values, strict=True):
+            if default is _REQUIRED or value != default:
                 obj[name] = value
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self.events_written += 1
 
-    # -- one method per engine call (same signatures as Engine) ----------------------
+    def _op(self, op: str, values: tuple) -> None:
+        self._emit(op, values)
+        if op == "flush":  # the engine's flush; it also pushes the lines to the file
+            self._file.flush()
 
-    def define_stream(self, stream: int, name: str | None = None, virtual: bool = False) -> None:
-        self._emit("define_stream", (stream, name, virtual))
-
-    def alloc(self, ptr: int, nbytes: int, stream: int, site: str | None = None) -> None:
-        self._emit("alloc", (ptr, nbytes, stream, site))
-
-    def access(
-        self, ptr: int, nbytes: int, stream: int, write: bool = False, site: str | None = None
-    ) -> None:
-        self._emit("access", (ptr, nbytes, stream, write, site))
-
-    def launch(
-        self, stream: int, reads: Iterable[int], writes: Iterable[int], site: str | None = None
-    ) -> None:
-        self._emit("launch", (stream, list(reads), list(writes), site))
-
-    def record_stream(self, ptr: int, stream: int, site: str | None = None) -> None:
-        self._emit("record_stream", (ptr, stream, site))
-
-    def free(self, ptr: int, site: str | None = None) -> None:
-        self._emit("free", (ptr, site))
-
-    def event_record(self, event: int, stream: int) -> None:
-        self._emit("event_record", (event, stream))
-
-    def event_wait(self, event: int, stream: int) -> None:
-        self._emit("event_wait", (event, stream))
-
-    def stream_wait(self, waiter: int, waited: int) -> None:
-        self._emit("stream_wait", (waiter, waited))
-
-    def stream_synchronize(self, stream: int) -> None:
-        self._emit("stream_synchronize", (stream,))
-
-    def event_synchronize(self, event: int) -> None:
-        self._emit("event_synchronize", (event,))
-
-    def device_synchronize(self) -> None:
-        self._emit("device_synchronize", ())
-
-    def stream_query(self, stream: int, complete: bool) -> None:
-        self._emit("stream_query", (stream, complete))
-
-    def event_query(self, event: int, complete: bool) -> None:
-        self._emit("event_query", (event, complete))
-
-    def forget_event(self, event: int) -> None:
-        self._emit("forget_event", (event,))
-
-    def copy_to_host(
-        self, host_ptr: int, nbytes: int, stream: int, site: str | None = None
-    ) -> None:
-        self._emit("copy_to_host", (host_ptr, nbytes, stream, site))
-
-    def copy_from_host(
-        self, host_ptr: int, nbytes: int, stream: int, site: str | None = None
-    ) -> None:
-        self._emit("copy_from_host", (host_ptr, nbytes, stream, site))
-
-    def host_access(
-        self, host_ptr: int, nbytes: int, write: bool = False, site: str | None = None
-    ) -> None:
-        self._emit("host_access", (host_ptr, nbytes, write, site))
-
-    def host_release(self, host_ptr: int, nbytes: int) -> None:
-        self._emit("host_release", (host_ptr, nbytes))
+    # One method per engine call, with the Engine's signature (generated below from the
+    # vocabulary). ``flush()`` is the engine's flush event, which also flushes the file.
 
     # -- file-like -------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
         return self._file.closed
-
-    def flush(self) -> None:
-        self._file.flush()
 
     def close(self) -> None:
         """Flush; close the file when the writer opened it."""
@@ -470,15 +420,22 @@ def _producer() -> str:
         return "esper-lifetimes"
 
 
-class RecordingEngine:
+for _spec in vocab.OPS.values():
+    setattr(TraceWriter, _spec.name, op_method(_spec, TraceWriter._op, "TraceWriter"))
+del _spec
+
+
+class RecordingEngine(Recorder):
     """An Engine that also writes every call it is given to a trace.
 
     ``trace`` is a :class:`TraceWriter` or a path (then the recorder owns the writer:
     close it with :meth:`close` or a ``with`` block). ``engine`` defaults to a new
     :class:`Engine`. Each method has the Engine's signature and return value; a call is
-    written only after the engine accepted it, so a trace holds exactly what the engine
-    saw. Sites given as ids from :meth:`intern` are written as their strings. Methods that
-    only read results (``hazards``, ``stats``, ``storage_at``, ...) are forwarded.
+    checked first (:func:`esper_lifetimes.vocab.coerce`) and written only after the
+    engine accepted it, so a trace holds exactly what the engine saw. Sites given as ids
+    from :meth:`intern` are written as their strings. Methods that only read results
+    (``hazards``, ``stats``, ``storage_at``, ...) are forwarded. This is the one
+    recording proxy, :class:`esper_lifetimes.recording.Recorder`, writing to a trace.
     """
 
     def __init__(
@@ -489,163 +446,13 @@ class RecordingEngine:
         metadata: dict[str, Any] | None = None,
     ):
         if isinstance(trace, TraceWriter):
-            self.writer = trace
+            writer = trace
             self._owns_writer = False
         else:
-            self.writer = TraceWriter(trace, metadata=metadata)
+            writer = TraceWriter(trace, metadata=metadata)
             self._owns_writer = True
-        self.engine = Engine() if engine is None else engine
-        self._site_names: dict[int, str] = {}
-
-    def intern(self, site: str) -> int:
-        """As ``Engine.intern``; remembers the id so that calls using it record the string."""
-        site_id = self.engine.intern(site)
-        self._site_names[site_id] = site
-        return site_id
-
-    def _site(self, site: Any) -> str | None:
-        if site is None or type(site) is str:
-            return site
-        if type(site) is int:
-            name = self._site_names.get(site)
-            if name is not None:
-                return name
-            raise TraceError(
-                f"site id {site} was not interned through this RecordingEngine "
-                "(call its intern() so the trace can hold the site's string)"
-            )
-        return site  # let the engine reject it with its own error
-
-    def define_stream(self, stream: int, name: str | None = None, virtual: bool = False) -> Any:
-        result = self.engine.define_stream(stream, name, virtual)
-        self.writer.define_stream(stream, name, virtual)
-        return result
-
-    def alloc(self, ptr: int, nbytes: int, stream: int, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.alloc(ptr, nbytes, stream, site)
-        self.writer.alloc(ptr, nbytes, stream, text)
-        return result
-
-    def access(
-        self, ptr: int, nbytes: int, stream: int, write: bool = False, site: Any = None
-    ) -> Any:
-        text = self._site(site)
-        result = self.engine.access(ptr, nbytes, stream, write, site)
-        self.writer.access(ptr, nbytes, stream, bool(write), text)
-        return result
-
-    def launch(self, stream: int, reads: Any, writes: Any, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.launch(stream, reads, writes, site)
-        self.writer.launch(stream, list(reads), list(writes), text)
-        return result
-
-    def record_stream(self, ptr: int, stream: int, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.record_stream(ptr, stream, site)
-        self.writer.record_stream(ptr, stream, text)
-        return result
-
-    def free(self, ptr: int, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.free(ptr, site)
-        self.writer.free(ptr, text)
-        return result
-
-    def event_record(self, event: int, stream: int) -> Any:
-        result = self.engine.event_record(event, stream)
-        self.writer.event_record(event, stream)
-        return result
-
-    def event_wait(self, event: int, stream: int) -> Any:
-        result = self.engine.event_wait(event, stream)
-        self.writer.event_wait(event, stream)
-        return result
-
-    def stream_wait(self, waiter: int, waited: int) -> Any:
-        result = self.engine.stream_wait(waiter, waited)
-        self.writer.stream_wait(waiter, waited)
-        return result
-
-    def stream_synchronize(self, stream: int) -> Any:
-        result = self.engine.stream_synchronize(stream)
-        self.writer.stream_synchronize(stream)
-        return result
-
-    def event_synchronize(self, event: int) -> Any:
-        result = self.engine.event_synchronize(event)
-        self.writer.event_synchronize(event)
-        return result
-
-    def device_synchronize(self) -> Any:
-        result = self.engine.device_synchronize()
-        self.writer.device_synchronize()
-        return result
-
-    def stream_query(self, stream: int, complete: bool) -> Any:
-        result = self.engine.stream_query(stream, complete)
-        self.writer.stream_query(stream, bool(complete))
-        return result
-
-    def event_query(self, event: int, complete: bool) -> Any:
-        result = self.engine.event_query(event, complete)
-        self.writer.event_query(event, bool(complete))
-        return result
-
-    def forget_event(self, event: int) -> Any:
-        result = self.engine.forget_event(event)
-        self.writer.forget_event(event)
-        return result
-
-    def copy_to_host(self, host_ptr: int, nbytes: int, stream: int, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.copy_to_host(host_ptr, nbytes, stream, site)
-        self.writer.copy_to_host(host_ptr, nbytes, stream, text)
-        return result
-
-    def copy_from_host(self, host_ptr: int, nbytes: int, stream: int, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.copy_from_host(host_ptr, nbytes, stream, site)
-        self.writer.copy_from_host(host_ptr, nbytes, stream, text)
-        return result
-
-    def host_access(self, host_ptr: int, nbytes: int, write: bool = False, site: Any = None) -> Any:
-        text = self._site(site)
-        result = self.engine.host_access(host_ptr, nbytes, write, site)
-        self.writer.host_access(host_ptr, nbytes, bool(write), text)
-        return result
-
-    def host_release(self, host_ptr: int, nbytes: int) -> Any:
-        result = self.engine.host_release(host_ptr, nbytes)
-        self.writer.host_release(host_ptr, nbytes)
-        return result
-
-    def replay(self, array: Any) -> int:
-        """As ``Engine.replay``; writes each applied row as its named event.
-
-        On a bad row the engine applies the rows before it: those are written, then the
-        engine's error is raised.
-        """
-        before = self.engine.stats()["events_processed"]
-        try:
-            applied = self.engine.replay(array)
-        except LifetimesError:
-            applied = self.engine.stats()["events_processed"] - before
-            self._write_rows(array, applied)
-            raise
-        self._write_rows(array, applied)
-        return applied
-
-    def _write_rows(self, array: Any, count: int) -> None:
-        rows = array[:count].tolist() if hasattr(array, "tolist") else list(array)[:count]
-        for code, a, b, c in rows:
-            op, to_args = BULK_OPS[code]
-            self.writer._emit(op, to_args(a, b, c))
-
-    def __getattr__(self, name: str) -> Any:
-        # Read-only queries (hazards, hazard_count, error_count, storage_at, stats, ...).
-        return getattr(self.engine, name)
+        super().__init__(writer._op, engine, strict_sites=True)
+        self.writer = writer
 
     def close(self) -> None:
         """Close the trace writer when this recorder opened it."""
