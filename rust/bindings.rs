@@ -5,7 +5,7 @@
 //! error keeps the engine's state as it was (interned sites included).
 
 use crate::clock::StreamIx;
-use crate::engine::{Engine as Core, Handle, Stats};
+use crate::engine::{Engine as Core, Handle};
 use crate::error::{EngineError, ErrorClass};
 use crate::hazard::{Hazard as CoreHazard, Kind};
 use crate::sites::{SiteId, NO_SITE};
@@ -17,6 +17,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
+use std::marker::PhantomData;
 
 create_exception!(
     _core,
@@ -110,13 +111,10 @@ fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
 }
 
 #[inline]
-fn flag_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<bool> {
-    match obj {
-        None => Ok(false),
-        Some(o) => o.extract::<bool>().map_err(|_| {
-            InvalidArgumentError::new_err(format!("{what} must be a bool, got {}", describe(o)))
-        }),
-    }
+fn flag_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+    obj.extract::<bool>().map_err(|_| {
+        InvalidArgumentError::new_err(format!("{what} must be a bool, got {}", describe(obj)))
+    })
 }
 
 fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
@@ -167,6 +165,92 @@ fn ranges_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ranges> {
     Ok(out)
 }
 
+// ----- arguments: one conversion per kind of value ----------------------------------
+
+/// The name an argument has in error messages (PyO3 names only `TypeError`s).
+trait Name {
+    const NAME: &'static str;
+}
+
+macro_rules! names {
+    ($($t:ident = $s:literal;)*) => {
+        $(
+            struct $t;
+            impl Name for $t {
+                const NAME: &'static str = $s;
+            }
+        )*
+    };
+}
+
+names! {
+    PtrN = "ptr";
+    HostPtrN = "host_ptr";
+    StreamN = "stream";
+    EventN = "event";
+    WaiterN = "waiter";
+    WaitedN = "waited";
+    WriteN = "write";
+    CompleteN = "complete";
+    VirtualN = "virtual";
+    ReadsN = "reads";
+    WritesN = "writes";
+}
+
+/// A pointer: an int in `[0, 2**64)`.
+struct Ptr<N = PtrN>(u64, PhantomData<N>);
+/// A size: a positive int.
+struct Size(u64);
+/// A stream or event handle: an int in the signed or unsigned 64-bit range.
+struct H<N>(Handle, PhantomData<N>);
+/// A flag: a bool.
+struct Flag<N>(bool, PhantomData<N>);
+/// Flattened `(ptr, nbytes)` pairs.
+struct RangesArg<N>(Ranges, PhantomData<N>);
+/// `None`, a site string, or an id from `intern()`.
+type Site<'a, 'py> = Option<&'a Bound<'py, PyAny>>;
+
+impl<N> Flag<N> {
+    fn get(f: Option<Self>) -> bool {
+        f.is_some_and(|f| f.0)
+    }
+}
+
+impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for Ptr<N> {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        ptr_arg(&obj, N::NAME).map(|v| Ptr(v, PhantomData))
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Size {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        size_arg(&obj).map(Size)
+    }
+}
+
+impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for H<N> {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        handle_arg(&obj, N::NAME).map(|v| H(v, PhantomData))
+    }
+}
+
+impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for Flag<N> {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        flag_arg(&obj, N::NAME).map(|v| Flag(v, PhantomData))
+    }
+}
+
+impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for RangesArg<N> {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        ranges_arg(&obj, N::NAME).map(|v| RangesArg(v, PhantomData))
+    }
+}
+
 /// The engine, shared by every thread that holds it: all state sits behind one lock.
 #[pyclass(frozen, module = "esper_lifetimes._core")]
 pub struct Engine {
@@ -179,7 +263,7 @@ impl Engine {
     #[inline]
     fn with_site<T>(
         &self,
-        site: Option<&Bound<'_, PyAny>>,
+        site: Site<'_, '_>,
         f: impl FnOnce(&mut Core, SiteId) -> Result<T, EngineError>,
     ) -> PyResult<T> {
         let mut core = self.core.lock();
@@ -221,34 +305,24 @@ impl Engine {
     #[pyo3(signature = (ptr, nbytes, stream, site=None))]
     fn alloc(
         &self,
-        ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n, s) = (
-            ptr_arg(ptr, "ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        self.with_site(site, |c, id| c.alloc(p, n, s, id))
+        self.with_site(site, |c, id| c.alloc(ptr.0, nbytes.0, stream.0, id))
     }
 
     /// A storage whose allocation was not seen (it existed before tracking began).
     #[pyo3(signature = (ptr, nbytes, stream, site=None))]
     fn adopt(
         &self,
-        ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n, s) = (
-            ptr_arg(ptr, "ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        self.with_site(site, |c, id| c.adopt(p, n, s, id))
+        self.with_site(site, |c, id| c.adopt(ptr.0, nbytes.0, stream.0, id))
     }
 
     /// The end of a region, test or run: every pending free is judged now, and the
@@ -261,19 +335,14 @@ impl Engine {
     #[pyo3(signature = (ptr, nbytes, stream, write=None, site=None))]
     fn access(
         &self,
-        ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        write: Option<&Bound<'_, PyAny>>,
-        site: Option<&Bound<'_, PyAny>>,
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        write: Option<Flag<WriteN>>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n, s) = (
-            ptr_arg(ptr, "ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        let write = flag_arg(write, "write")?;
-        self.with_site(site, |c, id| c.access(p, n, s, write, id))
+        let write = Flag::get(write);
+        self.with_site(site, |c, id| c.access(ptr.0, nbytes.0, stream.0, write, id))
     }
 
     /// One kernel launch on `stream`: `reads` and `writes` are flat sequences
@@ -282,102 +351,73 @@ impl Engine {
     #[pyo3(signature = (stream, reads, writes, site=None))]
     fn launch(
         &self,
-        stream: &Bound<'_, PyAny>,
-        reads: &Bound<'_, PyAny>,
-        writes: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
+        stream: H<StreamN>,
+        reads: RangesArg<ReadsN>,
+        writes: RangesArg<WritesN>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let s = handle_arg(stream, "stream")?;
-        let (r, w) = (ranges_arg(reads, "reads")?, ranges_arg(writes, "writes")?);
-        self.with_site(site, |c, id| c.launch(s, &r, &w, id))
+        self.with_site(site, |c, id| c.launch(stream.0, &reads.0, &writes.0, id))
     }
 
     /// The floor of `launch` for benchmarks: the same argument checks, no engine work.
     #[pyo3(signature = (stream, reads, writes, site=None))]
     fn _noop_launch(
         &self,
-        stream: &Bound<'_, PyAny>,
-        reads: &Bound<'_, PyAny>,
-        writes: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let _ = (handle_arg(stream, "stream")?, site);
-        let _ = (ranges_arg(reads, "reads")?, ranges_arg(writes, "writes")?);
-        Ok(())
+        stream: H<StreamN>,
+        reads: RangesArg<ReadsN>,
+        writes: RangesArg<WritesN>,
+        site: Site<'_, '_>,
+    ) {
+        let _ = (stream, reads, writes, site);
     }
 
     /// `Tensor.record_stream(stream)` on the storage containing `ptr`.
     #[pyo3(signature = (ptr, stream, site=None))]
-    fn record_stream(
-        &self,
-        ptr: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let (p, s) = (ptr_arg(ptr, "ptr")?, handle_arg(stream, "stream")?);
-        self.with_site(site, |c, id| c.record_stream(p, s, id))
+    fn record_stream(&self, ptr: Ptr, stream: H<StreamN>, site: Site<'_, '_>) -> PyResult<()> {
+        self.with_site(site, |c, id| c.record_stream(ptr.0, stream.0, id))
     }
 
     /// The storage whose base pointer is `ptr` is freed.
     #[pyo3(signature = (ptr, site=None))]
-    fn free(&self, ptr: &Bound<'_, PyAny>, site: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let p = ptr_arg(ptr, "ptr")?;
-        self.with_site(site, |c, id| c.free(p, id))
+    fn free(&self, ptr: Ptr, site: Site<'_, '_>) -> PyResult<()> {
+        self.with_site(site, |c, id| c.free(ptr.0, id))
     }
 
-    fn event_record(&self, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
-        self.core.lock().event_record(e, s);
-        Ok(())
+    fn event_record(&self, event: H<EventN>, stream: H<StreamN>) {
+        self.core.lock().event_record(event.0, stream.0);
     }
 
-    fn event_wait(&self, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
-        self.core.lock().event_wait(e, s);
-        Ok(())
+    fn event_wait(&self, event: H<EventN>, stream: H<StreamN>) {
+        self.core.lock().event_wait(event.0, stream.0);
     }
 
-    fn stream_wait(&self, waiter: &Bound<'_, PyAny>, waited: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (w, t) = (handle_arg(waiter, "waiter")?, handle_arg(waited, "waited")?);
-        self.core.lock().stream_wait(w, t);
-        Ok(())
+    fn stream_wait(&self, waiter: H<WaiterN>, waited: H<WaitedN>) {
+        self.core.lock().stream_wait(waiter.0, waited.0);
     }
 
-    fn stream_synchronize(&self, stream: &Bound<'_, PyAny>) -> PyResult<()> {
-        let s = handle_arg(stream, "stream")?;
-        self.core.lock().stream_synchronize(s);
-        Ok(())
+    fn stream_synchronize(&self, stream: H<StreamN>) {
+        self.core.lock().stream_synchronize(stream.0);
     }
 
-    fn event_synchronize(&self, event: &Bound<'_, PyAny>) -> PyResult<()> {
-        let e = handle_arg(event, "event")?;
-        self.core.lock().event_synchronize(e);
-        Ok(())
+    fn event_synchronize(&self, event: H<EventN>) {
+        self.core.lock().event_synchronize(event.0);
     }
 
     fn device_synchronize(&self) {
         self.core.lock().device_synchronize();
     }
 
-    fn stream_query(&self, stream: &Bound<'_, PyAny>, complete: &Bound<'_, PyAny>) -> PyResult<()> {
-        let s = handle_arg(stream, "stream")?;
-        let complete = flag_arg(Some(complete), "complete")?;
-        self.core.lock().stream_query(s, complete);
-        Ok(())
+    fn stream_query(&self, stream: H<StreamN>, complete: Flag<CompleteN>) {
+        self.core.lock().stream_query(stream.0, complete.0);
     }
 
-    fn event_query(&self, event: &Bound<'_, PyAny>, complete: &Bound<'_, PyAny>) -> PyResult<()> {
-        let e = handle_arg(event, "event")?;
-        let complete = flag_arg(Some(complete), "complete")?;
-        self.core.lock().event_query(e, complete);
-        Ok(())
+    fn event_query(&self, event: H<EventN>, complete: Flag<CompleteN>) {
+        self.core.lock().event_query(event.0, complete.0);
     }
 
     /// Forgets a destroyed event (keeps memory flat when events are made per step).
-    fn forget_event(&self, event: &Bound<'_, PyAny>) -> PyResult<()> {
-        let e = handle_arg(event, "event")?;
-        self.core.lock().forget_event(e);
-        Ok(())
+    fn forget_event(&self, event: H<EventN>) {
+        self.core.lock().forget_event(event.0);
     }
 
     /// Names a stream for reports; `virtual=True`: its work completes only when the host
@@ -385,19 +425,18 @@ impl Engine {
     #[pyo3(signature = (stream, name=None, r#virtual=None))]
     fn define_stream(
         &self,
-        stream: &Bound<'_, PyAny>,
+        stream: H<StreamN>,
         name: Option<&Bound<'_, PyAny>>,
-        r#virtual: Option<&Bound<'_, PyAny>>,
+        r#virtual: Option<Flag<VirtualN>>,
     ) -> PyResult<()> {
-        let s = handle_arg(stream, "stream")?;
         let name = match name {
             Some(n) if !n.is_none() => Some(str_arg(n, "name")?),
             _ => None,
         };
-        let is_virtual = flag_arg(r#virtual, "virtual")?;
+        let is_virtual = Flag::get(r#virtual);
         self.core
             .lock()
-            .define_stream(s, name.as_deref(), is_virtual);
+            .define_stream(stream.0, name.as_deref(), is_virtual);
         Ok(())
     }
 
@@ -405,54 +444,49 @@ impl Engine {
     #[pyo3(signature = (host_ptr, nbytes, stream, site=None))]
     fn copy_to_host(
         &self,
-        host_ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
+        host_ptr: Ptr<HostPtrN>,
+        nbytes: Size,
+        stream: H<StreamN>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n, s) = (
-            ptr_arg(host_ptr, "host_ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        self.with_site(site, |c, id| c.copy_to_host(p, n, s, id))
+        self.with_site(site, |c, id| {
+            c.copy_to_host(host_ptr.0, nbytes.0, stream.0, id)
+        })
     }
 
     /// A non-blocking host-to-device copy on `stream` reads pinned host bytes.
     #[pyo3(signature = (host_ptr, nbytes, stream, site=None))]
     fn copy_from_host(
         &self,
-        host_ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        site: Option<&Bound<'_, PyAny>>,
+        host_ptr: Ptr<HostPtrN>,
+        nbytes: Size,
+        stream: H<StreamN>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n, s) = (
-            ptr_arg(host_ptr, "host_ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        self.with_site(site, |c, id| c.copy_from_host(p, n, s, id))
+        self.with_site(site, |c, id| {
+            c.copy_from_host(host_ptr.0, nbytes.0, stream.0, id)
+        })
     }
 
     /// The host reads (or writes) host bytes.
     #[pyo3(signature = (host_ptr, nbytes, write=None, site=None))]
     fn host_access(
         &self,
-        host_ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        write: Option<&Bound<'_, PyAny>>,
-        site: Option<&Bound<'_, PyAny>>,
+        host_ptr: Ptr<HostPtrN>,
+        nbytes: Size,
+        write: Option<Flag<WriteN>>,
+        site: Site<'_, '_>,
     ) -> PyResult<()> {
-        let (p, n) = (ptr_arg(host_ptr, "host_ptr")?, size_arg(nbytes)?);
-        let write = flag_arg(write, "write")?;
-        self.with_site(site, |c, id| c.host_access(p, n, write, id))
+        let write = Flag::get(write);
+        self.with_site(site, |c, id| c.host_access(host_ptr.0, nbytes.0, write, id))
     }
 
     /// The host block was freed: forget pending copies over it.
-    fn host_release(&self, host_ptr: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (p, n) = (ptr_arg(host_ptr, "host_ptr")?, size_arg(nbytes)?);
-        self.core.lock().host_release(p, n).map_err(to_py)
+    fn host_release(&self, host_ptr: Ptr<HostPtrN>, nbytes: Size) -> PyResult<()> {
+        self.core
+            .lock()
+            .host_release(host_ptr.0, nbytes.0)
+            .map_err(to_py)
     }
 
     /// An int standing for `site` (cheaper than a str on hot paths).
@@ -462,9 +496,8 @@ impl Engine {
     }
 
     /// `(base, nbytes, alloc_stream)` of the live storage containing `ptr`, or None.
-    fn storage_at(&self, ptr: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u64, Handle)>> {
-        let p = ptr_arg(ptr, "ptr")?;
-        Ok(self.core.lock().storage_at(p))
+    fn storage_at(&self, ptr: Ptr) -> Option<(u64, u64, Handle)> {
+        self.core.lock().storage_at(ptr.0)
     }
 
     /// Distinct hazards in the order first found, from index `since`.
@@ -496,30 +529,12 @@ impl Engine {
         self.core.lock().error_count()
     }
 
+    /// The engine's counters (docs/ENGINE-API.md), one entry per `Stats` field.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let Stats {
-            live_storages,
-            pending_frees,
-            freed_tracked,
-            freed_dropped,
-            pending_host_copies,
-            streams,
-            events,
-            sites,
-            hazards,
-            events_processed,
-        } = self.core.lock().stats();
         let d = PyDict::new(py);
-        d.set_item("live_storages", live_storages)?;
-        d.set_item("pending_frees", pending_frees)?;
-        d.set_item("freed_tracked", freed_tracked)?;
-        d.set_item("freed_dropped", freed_dropped)?;
-        d.set_item("pending_host_copies", pending_host_copies)?;
-        d.set_item("streams", streams)?;
-        d.set_item("events", events)?;
-        d.set_item("sites", sites)?;
-        d.set_item("hazards", hazards)?;
-        d.set_item("events_processed", events_processed)?;
+        for (name, value) in self.core.lock().stats().fields() {
+            d.set_item(name, value)?;
+        }
         Ok(d)
     }
 
@@ -564,63 +579,74 @@ impl Engine {
     #[pyo3(signature = (ptr, nbytes, stream, write=None, site=None))]
     fn _noop(
         &self,
-        ptr: &Bound<'_, PyAny>,
-        nbytes: &Bound<'_, PyAny>,
-        stream: &Bound<'_, PyAny>,
-        write: Option<&Bound<'_, PyAny>>,
-        site: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let _ = (
-            ptr_arg(ptr, "ptr")?,
-            size_arg(nbytes)?,
-            handle_arg(stream, "stream")?,
-        );
-        let _ = (flag_arg(write, "write")?, site);
-        Ok(())
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        write: Option<Flag<WriteN>>,
+        site: Site<'_, '_>,
+    ) {
+        let _ = (ptr, nbytes, stream, write, site);
     }
 }
 
-/// One distinct hazard, resolved to the caller's handles and site strings.
-#[pyclass(frozen, module = "esper_lifetimes._core")]
-pub struct Hazard {
-    #[pyo3(get)]
-    kind: &'static str,
-    #[pyo3(get)]
-    severity: &'static str,
-    #[pyo3(get)]
+/// Declares `Hazard` from one list of fields: the class with a getter each, `to_dict()`
+/// and the unpickling constructor all come from it.
+macro_rules! hazard_class {
+    ($($field:ident: $ty:ty,)*) => {
+        /// One distinct hazard, resolved to the caller's handles and site strings.
+        #[pyclass(frozen, get_all, module = "esper_lifetimes._core")]
+        pub struct Hazard {
+            kind: &'static str,
+            severity: &'static str,
+            $($field: $ty,)*
+        }
+
+        impl Hazard {
+            fn set_fields(&self, d: &Bound<'_, PyDict>) -> PyResult<()> {
+                d.set_item("kind", self.kind)?;
+                d.set_item("severity", self.severity)?;
+                $(d.set_item(stringify!($field), self.$field.clone())?;)*
+                Ok(())
+            }
+
+            fn from_fields(kind: Kind, d: &Bound<'_, PyDict>) -> PyResult<Self> {
+                Ok(Hazard {
+                    kind: kind.name(),
+                    severity: kind.severity(),
+                    $($field: field(d, stringify!($field))?,)*
+                })
+            }
+        }
+    };
+}
+
+hazard_class! {
     count: u64,
-    #[pyo3(get)]
     ptr: u64,
-    #[pyo3(get)]
     nbytes: u64,
-    #[pyo3(get)]
     alloc_stream: Option<Handle>,
-    #[pyo3(get)]
     use_stream: Option<Handle>,
-    #[pyo3(get)]
     other_stream: Option<Handle>,
-    #[pyo3(get)]
     alloc_stream_name: Option<String>,
-    #[pyo3(get)]
     use_stream_name: Option<String>,
-    #[pyo3(get)]
     other_stream_name: Option<String>,
-    #[pyo3(get)]
     alloc_site: Option<String>,
-    #[pyo3(get)]
     use_site: Option<String>,
-    #[pyo3(get)]
     free_site: Option<String>,
-    #[pyo3(get)]
     other_site: Option<String>,
-    #[pyo3(get)]
     other_ptr: Option<u64>,
-    #[pyo3(get)]
     other_nbytes: Option<u64>,
-    #[pyo3(get)]
     live: Option<bool>,
-    #[pyo3(get)]
     message: String,
+}
+
+fn field<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, k: &str) -> PyResult<T> {
+    match d.get_item(k)? {
+        Some(v) => v.extract::<T>().map_err(Into::into),
+        None => Err(InvalidArgumentError::new_err(format!(
+            "a pickled Hazard needs the field {k:?}"
+        ))),
+    }
 }
 
 type Identity<'a> = (
@@ -684,25 +710,7 @@ impl Hazard {
     /// The fields as a dict (JSON-ready).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("kind", self.kind)?;
-        d.set_item("severity", self.severity)?;
-        d.set_item("count", self.count)?;
-        d.set_item("ptr", self.ptr)?;
-        d.set_item("nbytes", self.nbytes)?;
-        d.set_item("alloc_stream", self.alloc_stream)?;
-        d.set_item("use_stream", self.use_stream)?;
-        d.set_item("other_stream", self.other_stream)?;
-        d.set_item("alloc_stream_name", &self.alloc_stream_name)?;
-        d.set_item("use_stream_name", &self.use_stream_name)?;
-        d.set_item("other_stream_name", &self.other_stream_name)?;
-        d.set_item("alloc_site", &self.alloc_site)?;
-        d.set_item("use_site", &self.use_site)?;
-        d.set_item("free_site", &self.free_site)?;
-        d.set_item("other_site", &self.other_site)?;
-        d.set_item("other_ptr", self.other_ptr)?;
-        d.set_item("other_nbytes", self.other_nbytes)?;
-        d.set_item("live", self.live)?;
-        d.set_item("message", &self.message)?;
+        self.set_fields(&d)?;
         Ok(d)
     }
 
@@ -755,41 +763,13 @@ impl Hazard {
 /// Rebuilds a pickled `Hazard` from its `to_dict()`.
 #[pyfunction]
 fn _hazard_from_dict(d: &Bound<'_, PyDict>) -> PyResult<Hazard> {
-    fn get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, k: &str) -> PyResult<T> {
-        match d.get_item(k)? {
-            Some(v) => v.extract::<T>().map_err(Into::into),
-            None => Err(InvalidArgumentError::new_err(format!(
-                "a pickled Hazard needs the field {k:?}"
-            ))),
-        }
-    }
-    let kind_name: String = get(d, "kind")?;
-    let Some(kind) = Kind::ALL.iter().find(|k| k.name() == kind_name) else {
+    let kind_name: String = field(d, "kind")?;
+    let Some(&kind) = Kind::ALL.iter().find(|k| k.name() == kind_name) else {
         return Err(InvalidArgumentError::new_err(format!(
             "unknown hazard kind {kind_name:?}"
         )));
     };
-    Ok(Hazard {
-        kind: kind.name(),
-        severity: kind.severity(),
-        count: get(d, "count")?,
-        ptr: get(d, "ptr")?,
-        nbytes: get(d, "nbytes")?,
-        alloc_stream: get(d, "alloc_stream")?,
-        use_stream: get(d, "use_stream")?,
-        other_stream: get(d, "other_stream")?,
-        alloc_stream_name: get(d, "alloc_stream_name")?,
-        use_stream_name: get(d, "use_stream_name")?,
-        other_stream_name: get(d, "other_stream_name")?,
-        alloc_site: get(d, "alloc_site")?,
-        use_site: get(d, "use_site")?,
-        free_site: get(d, "free_site")?,
-        other_site: get(d, "other_site")?,
-        other_ptr: get(d, "other_ptr")?,
-        other_nbytes: get(d, "other_nbytes")?,
-        live: get(d, "live")?,
-        message: get(d, "message")?,
-    })
+    Hazard::from_fields(kind, d)
 }
 
 /// The hazard kinds, from the Rust `Kind` enum: the one list the Python side reads.

@@ -18,8 +18,8 @@ mod sites;
 #[cfg(feature = "python")]
 mod bindings;
 
-pub use describe::message;
 pub use clock::StreamIx;
+pub use describe::message;
 pub use engine::{Engine, Handle, Stats};
 pub use error::{EngineError, ErrorClass};
 pub use hazard::{Hazard, Kind, Role};

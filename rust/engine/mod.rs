@@ -117,6 +117,24 @@ pub struct Stats {
     pub events_processed: u64,
 }
 
+impl Stats {
+    /// Every counter with its name (the one list `Engine.stats()` is built from).
+    pub fn fields(&self) -> [(&'static str, u64); 10] {
+        [
+            ("live_storages", self.live_storages as u64),
+            ("pending_frees", self.pending_frees as u64),
+            ("freed_tracked", self.freed_tracked as u64),
+            ("freed_dropped", self.freed_dropped),
+            ("pending_host_copies", self.pending_host_copies as u64),
+            ("streams", self.streams as u64),
+            ("events", self.events as u64),
+            ("sites", self.sites as u64),
+            ("hazards", self.hazards as u64),
+            ("events_processed", self.events_processed),
+        ]
+    }
+}
+
 /// A validated access: the storage's base and length, and the access's end.
 type Checked = (u64, u64, u64);
 
