@@ -849,6 +849,8 @@ class _DispatchMode(TorchDispatchMode):
             finally:
                 tl.pending = pending
             if pending >= 0:
+                vs = virtual._state.stream
+                (vs if vs is not None else virtual.DEFAULT)._pending = True
                 _tag_outputs(out, pending)
             elif pending == _PINNED:
                 _pin_outputs(out)
@@ -899,8 +901,11 @@ class _DispatchMode(TorchDispatchMode):
                     "implementation for CI, or check this code path on a real GPU"
                 ) from exc
             raise
-        if dev is not None and out is not None:
-            _tag_outputs(out, dev)
+        if dev is not None:
+            vs = virtual._state.stream
+            (vs if vs is not None else virtual.DEFAULT)._pending = True  # work on the stream
+            if out is not None:
+                _tag_outputs(out, dev)
         return out
 
 
@@ -1089,6 +1094,28 @@ def _restore_location(orig: Callable[..., Any]) -> Callable[..., Any]:
     return restore
 
 
+def _grouped(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def group(tensorlistlist: Any, with_indices: bool = False) -> Any:
+        out = orig(tensorlistlist, with_indices)
+        fixed: dict[Any, Any] = {}
+        for (device, dtype), value in out.items():
+            d = None
+            for lst in value[0]:
+                for t in lst:
+                    if isinstance(t, _Tensor):
+                        d = _tag_of(t)
+                        break
+                if d is not None or lst:
+                    break
+            key = (_CUDA_DEVS[d], dtype) if d is not None else (device, dtype)
+            if key in fixed:  # host and device tensors of one dtype: keep both groups apart
+                key = (device, dtype)
+            fixed[key] = value
+        return fixed
+
+    return group
+
+
 def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
     """(owner, name, emulated value). Callables become switches; classes are replaced."""
     import torch.backends.cudnn as cudnn
@@ -1191,6 +1218,12 @@ def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
             )
     except ImportError:  # pragma: no cover
         pass
+    # optimizers and GradScaler group tensors by their device in C++, which sees the CPU
+    fn(
+        torch._C,
+        "_group_tensors_by_device_and_dtype",
+        _grouped(torch._C._group_tensors_by_device_and_dtype),
+    )
     # cudnn: CPU kernels, not cuDNN's, run the ops
     fn(cudnn, "is_acceptable", lambda tensor: False)
     # the generic API
