@@ -402,7 +402,7 @@ def test_run_reports_a_planted_hazard_and_exits_1(hazard_run):
     assert "streams: default, side" in err
     # the script's lines: sites and their source text
     assert re.search(r"allocated +hazard\.py:9 +on default +\| x = torch\.ones\(1024\)", err)
-    assert re.search(r"uncovered use +hazard\.py:12 +on side +\| y = x \* 2", err)
+    assert re.search(r"used +hazard\.py:12 +on side +\| y = x \* 2", err)
     assert re.search(r"freed +hazard\.py:13 +\| del x", err)
     assert err.rstrip().endswith(
         "esper-lifetimes: reports written to rep: report.txt, report.json, trace.json, report.html"
@@ -507,7 +507,7 @@ def test_run_always_on_with_sample_1(scripts):
         proc.stderr,
     )
     assert "unsynced-free (error): 1 distinct hazard" in proc.stderr
-    assert re.search(r"uncovered use +always_on\.py:9 +on side", proc.stderr)
+    assert re.search(r"used +always_on\.py:9 +on side", proc.stderr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,7 +524,7 @@ def test_demo_runs_the_torch_example_and_reports(tmp_path):
     assert re.search(r"esper-lifetimes: \d+ events, 4 streams, \d+ storages\n", err)
     assert re.search(r"unsynced-free \(error\): \d+ distinct hazards?, 3 occurrences", err)
     assert "redundant-record-stream (advice): 2 distinct hazards, 6 occurrences" in err
-    assert re.search(r"uncovered use +vectorized_step\.py:\d+ +on env0 +\| scores\.append", err)
+    assert re.search(r"used +vectorized_step\.py:\d+ +on env0 +\| scores\.append", err)
     assert "override.record_stream(env.stream)" in out
     assert "Safe:\n  - the cloned slices handed to the env streams" in out
     assert out.endswith(

@@ -396,7 +396,7 @@ def test_text_report_groups_by_kind_with_counts_streams_and_sites():
     ]
     assert "unsynced-free (error): 1 distinct hazard, 2 occurrences" in text
     assert re.search(r"#1  x2  storage 0x7f0000000000 \(4 KiB\); streams: default, side", text)
-    assert re.search(r"uncovered use\s+example.py:4\s+on side\s+\| y = x \* 2", text)
+    assert re.search(r"used\s+example.py:4\s+on side\s+\| y = x \* 2", text)
     assert re.search(r"freed\s+example.py:6", text)
     assert "fix: " in text
     assert text.startswith(
@@ -624,7 +624,7 @@ def test_chrome_trace_is_a_valid_trace_event_document(tmp_path):
     assert marks["unsynced-free"]["tid"] == tracks["default"]
     assert marks["reuse-race"]["ts"] == at["realloc"]
     assert "example.py:4" in marks["unsynced-free"]["args"]["message"]
-    assert marks["unsynced-free"]["args"]["sites"]["uncovered use"] == "example.py:4"
+    assert marks["unsynced-free"]["args"]["sites"]["used"] == "example.py:4"
     # a flow arrow from the uncovered use to the free
     flow = [ev for ev in doc["traceEvents"] if ev.get("cat") == "hazard"]
     assert ("s", at["use"], tracks["side"]) in {(f["ph"], f["ts"], f["tid"]) for f in flow}
