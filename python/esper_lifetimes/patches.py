@@ -317,6 +317,10 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (t, "__repr__", lambda o: _wrap(o, _f_host_read)),
         (torch.UntypedStorage, "resize_", lambda o: _wrap(o, _f_resize)),
     ]
+    # torch.distributed's collectives, works and futures (esper_lifetimes.distributed)
+    from esper_lifetimes import distributed
+
+    table += distributed.patch_table()
     return table
 
 

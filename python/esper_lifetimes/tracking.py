@@ -201,6 +201,9 @@ _METADATA_EXTRA: dict[str, frozenset[str]] = {
     "aten::resize_as_": frozenset({"the_template"}),
     "aten::resize_as_sparse_": frozenset({"the_template"}),
 }
+# Ops other modules model (esper_lifetimes.distributed: the c10d collectives), by the
+# code they put in _SPECIAL: code -> fn(tracker, plan, args, kwargs, out, site, vh).
+_HANDLERS: dict[int, Callable[..., None]] = {}
 _SPECIAL = {
     "aten::lift_fresh": _LIFT,
     "aten::_local_scalar_dense": _SCALAR,
@@ -906,6 +909,10 @@ class Tracker:
                 ref = self._recs.get(id(st))
                 if ref is not None:
                     self._resync(st, ref, site, None)
+        else:
+            handler = _HANDLERS.get(sp)
+            if handler is not None:
+                handler(self, plan, args, kwargs, out, site, vh)
 
     def _maybe_copy(
         self, plan: _Plan, args: tuple, kwargs: dict, out: Any, site: Any, vh: int | None
@@ -988,7 +995,12 @@ class Tracker:
         key = id(st)
         ref = self._recs.get(key)
         if ref is None:
-            ref = self._new_ref(t, st, key, False, None, False, vh)
+            try:
+                ref = self._new_ref(t, st, key, False, None, False, vh)
+            except RuntimeError:
+                # a wrapper subclass (AsyncCollectiveTensor, DTensor) without data of its
+                # own: the ops on its inner tensors are dispatched below this mode
+                return None
             if ref is None:
                 return None
         kind = ref.kind

@@ -1,0 +1,919 @@
+"""Collectives in the model: ``torch.distributed`` calls on the streams they run on.
+
+While a tracker is active, the Python surface of ``torch.distributed`` is patched (with
+the rest of :mod:`esper_lifetimes.patches`): the collectives of ``distributed_c10d``
+(``all_reduce``, ``all_gather_into_tensor``, ``reduce_scatter_tensor``, ``broadcast``,
+``all_to_all_single``, the list forms, ``reduce``, ``isend``/``irecv``/``send``/``recv``,
+``batch_isend_irecv``), the functional collectives of
+``torch.distributed._functional_collectives`` with ``wait_tensor``, and ``Work.wait``,
+``Work.synchronize``, ``Work.is_completed``, ``Work.get_future`` (and ``wait``/``value`` of
+the future it returns). Each call is modelled as ProcessGroupNCCL runs it
+(docs/SEMANTICS.md, "Collectives"):
+
+* ``async_op=False``: the collective reads its inputs and writes its outputs on the
+  current stream;
+* ``async_op=True`` (and ``isend``/``irecv``, ``batch_isend_irecv``, the functional
+  collectives): on the group's internal stream for the device, after that stream waits
+  on the current stream. ``Work.wait()`` makes the stream current at the call wait on the
+  collective; so do ``synchronize()`` and the future's ``wait()``/``value()``;
+  ``is_completed()`` answering True is the host seeing the collective complete.
+* the group holds the tensors until the work is waited on (here: the model keeps a
+  reference), so nothing is freed under a pending collective, and no ``record_stream``
+  is involved.
+
+The internal stream of a group on a device is named ``nccl:group0:dev0`` (the backend,
+the group's name, the device: ``cpu`` for CPU tensors on virtual streams). In the engine
+it is one stream per collective kind, each kind's first work ordered after the previous
+collective of the group, so that the kinds together are one serial stream; their names
+say the collective and the rank: ``nccl:group0:dev0 all_reduce (rank 1)``. Point-to-point
+operations run on their own internal stream, ``...:p2p``.
+
+What this module cannot see is counted: collectives that C++ issues without passing
+through Python (DDP's reducer, ``ProcessGroup`` methods called directly) reach the
+tracker's dispatch mode as ``c10d`` ops. They are modelled on the current stream (their
+stream and their wait are not visible) and counted in :func:`unseen`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from esper_lifetimes import patches, tracking
+
+__all__ = [
+    "patch_table",
+    "unseen",
+    "pending",
+    "rank_info",
+    "rank_report_dir",
+    "internal_stream_name",
+]
+
+_Tensor = torch.Tensor
+
+# Engine handles of the internal streams and of the events recorded after collectives:
+# a range no other stream or event uses (virtual streams live at 1 << 61, CUDA at 1 << 62).
+_STREAM_BASE = 1 << 60
+_EVENT_BASE = (1 << 60) | (1 << 44)
+_stream_ids = itertools.count(1)
+_event_ids = itertools.count(1)
+_lock = threading.RLock()
+# (chain key, collective name) -> (engine handle, stream name, virtual)
+_streams: dict[tuple[str, str], tuple[int, str, bool]] = {}
+
+
+def rank_info() -> tuple[int, int] | None:
+    """(rank, world size) of this process: from ``torch.distributed`` when initialized,
+    else from torchrun's ``RANK``/``WORLD_SIZE``; ``None`` outside a distributed run."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except Exception:
+        pass
+    r, w = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if r is not None and w is not None and r.isdigit() and w.isdigit():
+        return int(r), int(w)
+    return None
+
+
+def rank_report_dir(path: str) -> str:
+    """``path/rank<R>`` under a distributed run (each rank writes its own report), else
+    ``path``."""
+    info = rank_info()
+    if info is None or info[1] <= 1 and "RANK" not in os.environ:
+        return path
+    return os.path.join(path, f"rank{info[0]}")
+
+
+# ---------------------------------------------------------------------------------------
+# Per-tracker state
+
+
+class _State:
+    __slots__ = ("named", "last", "unseen", "pending", "__weakref__")
+
+    def __init__(self) -> None:
+        self.named: set[int] = set()  # internal streams defined in this tracker's engine
+        self.last: dict[str, int] = {}  # chain key -> stream of its latest collective
+        self.unseen: dict[str, int] = {}  # "what (where)" -> count
+        self.pending = 0  # async collectives issued and not waited on
+
+
+def _state(tr: Any) -> _State:
+    st = tr.__dict__.get("_dist_state")
+    if st is None:
+        st = _State()
+        tr.__dict__["_dist_state"] = st
+    return st
+
+
+def unseen(tr: Any) -> dict[str, int]:
+    """Collectives tracker ``tr`` saw only as opaque ``c10d`` ops (issued from C++):
+    ``{"c10d::allreduce_ (file:line)": count}``."""
+    st = tr.__dict__.get("_dist_state")
+    return dict(st.unseen) if st is not None else {}
+
+
+def pending(tr: Any) -> int:
+    """Async collectives tracked by ``tr`` that were never waited on (so far)."""
+    st = tr.__dict__.get("_dist_state")
+    return st.pending if st is not None else 0
+
+
+# ---------------------------------------------------------------------------------------
+# Streams
+
+
+def _group_label(group: Any) -> str:
+    try:
+        import torch.distributed as dist
+
+        if group is None:
+            group = dist.group.WORLD
+        name = str(group.group_name)
+    except Exception:
+        return "group?"
+    return f"group{name}" if name.isdigit() else name
+
+
+def _backend(group: Any) -> str:
+    try:
+        import torch.distributed as dist
+
+        b = str(dist.get_backend(group))
+    except Exception:
+        return "c10d"
+    if ":" in b:  # "cpu:gloo,cuda:nccl"
+        parts = dict(p.split(":", 1) for p in b.split(",") if ":" in p)
+        return parts.get("cuda", next(iter(parts.values()), b))
+    return b
+
+
+def _device_of(t: torch.Tensor) -> tuple[bool, int, str]:
+    """(real CUDA memory, device index, label) of ``t``'s storage."""
+    st = t.untyped_storage()
+    dev = st.device  # a storage's device is never translated by CUDA emulation
+    if dev.type == "cuda":
+        return True, dev.index or 0, f"dev{dev.index or 0}"
+    tag = getattr(st, "_esper_cuda", None)
+    if tag is not None:
+        return False, int(tag), f"dev{int(tag)}"
+    return False, -1, "cpu"
+
+
+def internal_stream_name(backend: str, group: str, device: str) -> str:
+    """``nccl:group0:dev0``: the internal stream of a group on a device."""
+    return f"{backend}:{group}:{device}"
+
+
+def _rank_text() -> str:
+    info = rank_info()
+    return f" (rank {info[0]})" if info is not None else ""
+
+
+def _stream(tr: Any, chain: str, coll: str, virtual: bool) -> int:
+    key = (chain, coll)
+    with _lock:
+        rec = _streams.get(key)
+        if rec is None:
+            rec = (_STREAM_BASE | next(_stream_ids), f"{chain} {coll}{_rank_text()}", virtual)
+            _streams[key] = rec
+    h, name, virt = rec
+    st = _state(tr)
+    if h not in st.named:
+        st.named.add(h)
+        tr._eng.define_stream(h, name, virt)
+    return h
+
+
+def _current(tr: Any, cuda: bool, dev: int) -> int:
+    if cuda:
+        h = tracking._cuda_current(dev)
+        tr._name_cuda(h)
+        return h
+    vs = tracking._vstate.stream
+    if vs is None:
+        vs = tracking._VDEFAULT
+    vs._pending = True  # work is enqueued on the virtual stream
+    return vs.handle
+
+
+# ---------------------------------------------------------------------------------------
+# Accesses
+
+
+def _access(tr: Any, t: Any, write: bool, site: Any, h: int) -> None:
+    """One access of ``t``'s bytes on stream ``h`` (a CPU tensor standing for device
+    memory, or a CUDA tensor)."""
+    if not isinstance(t, _Tensor):
+        return
+    if t.__class__ is not _Tensor and hasattr(t, "elem"):
+        t = t.elem  # AsyncCollectiveTensor
+    try:
+        st = t.untyped_storage()
+    except Exception:
+        return
+    if st.device.type != "cuda":
+        tr._touch(t, write, site, h)
+        return
+    key = id(st)
+    ref = tr._recs.get(key)
+    if ref is None:
+        ref = tr._new_ref(t, st, key, False, None, False, None)
+        if ref is None:
+            return
+    if ref.kind == tracking._HOST or not ref.registered:
+        return
+    if h != ref.astream:
+        ref.multi = True
+    n = t.nbytes
+    if n == ref.nbytes:
+        p = ref.ptr
+    else:
+        if not t.is_contiguous():
+            n = tracking._span(t)
+        p = t.data_ptr()
+    if n:
+        tr._access(p, n, h, write, site)
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, _Tensor):
+        return [x]
+    if isinstance(x, list | tuple):
+        out: list[torch.Tensor] = []
+        for y in x:
+            out.extend(_tensors(y))
+        return out
+    return []
+
+
+class _Coll:
+    """One collective issued with a Work: its name, the tensors the group holds until it
+    is waited on, and per tracker the event recorded after it on the internal stream."""
+
+    __slots__ = ("name", "tensors", "events", "cuda", "dev")
+
+    def __init__(self, name: str, tensors: list[torch.Tensor], cuda: bool, dev: int) -> None:
+        self.name = name
+        self.tensors = tensors
+        self.events: list[tuple[Any, int]] = []
+        self.cuda = cuda
+        self.dev = dev
+
+
+def _issue(
+    tr: Any,
+    coll: _Coll | None,
+    name: str,
+    reads: list[torch.Tensor],
+    writes: list[torch.Tensor],
+    group: Any,
+    async_op: bool,
+    site: Any,
+    p2p: bool = False,
+    fresh: list[torch.Tensor] | None = None,
+) -> None:
+    """Feeds one collective to tracker ``tr``."""
+    first = (reads or writes or fresh or [None])[0]
+    if first is None:
+        return
+    cuda, dev, label = _device_of(first)
+    cur = _current(tr, cuda, dev)
+    for t in fresh or ():
+        # allocated by the collective on the current stream (functional collectives)
+        try:
+            s = t.untyped_storage()
+            if id(s) not in tr._recs:
+                tr._new_ref(t, s, id(s), True, site, False, None if cuda else cur)
+        except Exception as exc:
+            tr._note(exc, f"{name}: output")
+    if not async_op:
+        for t in reads:
+            _access(tr, t, False, site, cur)
+        for t in writes:
+            _access(tr, t, True, site, cur)
+        return
+    chain = internal_stream_name(_backend(group), _group_label(group), label)
+    if p2p:
+        chain += ":p2p"
+    eng = tr._eng
+    h = _stream(tr, chain, name, not cuda)
+    st = _state(tr)
+    eng.stream_wait(h, cur)
+    prev = st.last.get(chain)
+    if prev is not None and prev != h:
+        eng.stream_wait(h, prev)  # the kinds of one group are one serial stream
+    st.last[chain] = h
+    for t in reads:
+        _access(tr, t, False, site, h)
+    for t in writes:
+        _access(tr, t, True, site, h)
+    if coll is not None:
+        ev = _EVENT_BASE | next(_event_ids)
+        eng.event_record(ev, h)
+        coll.events.append((tr, ev))
+        st.pending += 1
+
+
+# ---------------------------------------------------------------------------------------
+# Works, futures and functional-collective outputs pending a wait
+
+# id(object) -> (object, collectives). The object is held (its id cannot be reused) until
+# it is waited on; so are the collectives' tensors, as the process group holds them.
+_works: dict[int, tuple[Any, list[_Coll]]] = {}
+_futures: dict[int, tuple[Any, list[_Coll]]] = {}
+_outputs: dict[int, tuple[Any, _Coll]] = {}  # id(storage) of a functional output
+
+
+def _purge() -> None:
+    """Forgets works whose every tracker has closed (bounded memory for programs that
+    never wait, such as DDP's comm hooks)."""
+    for table in (_works, _futures):
+        dead = [
+            k
+            for k, (_o, cs) in table.items()
+            if all(not tr._watching for c in cs for tr, _e in c.events)
+        ]
+        for k in dead:
+            del table[k]
+    dead = [k for k, (_o, c) in _outputs.items() if all(not tr._watching for tr, _e in c.events)]
+    for k in dead:
+        del _outputs[k]
+
+
+def _waited(colls: list[_Coll], how: str) -> None:
+    """``how``: "wait" (the current stream waits on each collective), "done" (the host saw
+    it complete), "busy" (the host saw it still running)."""
+    for c in colls:
+        for tr, ev in c.events:
+            if not tr._watching:
+                continue
+            try:
+                eng = tr._eng
+                if how == "wait":
+                    eng.event_wait(ev, _current(tr, c.cuda, c.dev))
+                else:
+                    eng.event_query(ev, how == "done")
+                if how != "busy":
+                    eng.forget_event(ev)
+                    st = _state(tr)
+                    st.pending = max(0, st.pending - 1)
+            except Exception as exc:
+                tr._note(exc, f"{c.name}: wait")
+        if how != "busy":
+            c.events = []
+            c.tensors = []
+
+
+def _feeding() -> list[Any] | None:
+    """The trackers an event on this thread feeds, or None (none, or inside a call)."""
+    st = patches._tls
+    if not st.active or st.depth:
+        return None
+    return patches._targets(st.active)
+
+
+class _Inside:
+    """While the original collective runs: no patched call feeds, and the trackers'
+    dispatch modes pass the ``c10d`` ops it dispatches through (this module models
+    them)."""
+
+    __slots__ = ("modes",)
+
+    def __enter__(self) -> None:
+        st = patches._tls
+        st.depth += 1
+        self.modes = [m for m in st.modes if m is not None]
+        for m in self.modes:
+            m.suspended += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        for m in self.modes:
+            m.suspended -= 1
+        patches._tls.depth -= 1
+
+
+def _after(trackers: list[Any], model: Callable[[Any], None], what: str) -> None:
+    st = patches._tls
+    st.depth += 1
+    try:
+        for tr in tuple(trackers):
+            if tr._eng is None or not tr._watching:
+                continue
+            try:
+                model(tr)
+            except Exception as exc:
+                tr._note(exc, what)
+    finally:
+        st.depth -= 1
+    for tr in tuple(trackers):
+        tr._safe_point()
+
+
+def _site(tr: Any) -> Any:
+    return tr._sites.here(1)
+
+
+# ---------------------------------------------------------------------------------------
+# torch.distributed collectives
+
+# name -> (read arguments, written arguments, always async, point-to-point)
+_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool, bool]] = {
+    "all_reduce": (("tensor",), ("tensor",), False, False),
+    "all_reduce_coalesced": (("tensors",), ("tensors",), False, False),
+    "broadcast": (("tensor",), ("tensor",), False, False),  # refined per rank below
+    "reduce": (("tensor",), ("tensor",), False, False),
+    "all_gather_into_tensor": (("input_tensor",), ("output_tensor",), False, False),
+    "all_gather_single": (("input_tensor",), ("output_tensor",), False, False),
+    "_all_gather_base": (("input_tensor",), ("output_tensor",), False, False),
+    "reduce_scatter_tensor": (("input",), ("output",), False, False),
+    "reduce_scatter_single": (("input",), ("output",), False, False),
+    "_reduce_scatter_base": (("input",), ("output",), False, False),
+    "all_to_all_single": (("input",), ("output",), False, False),
+    "all_gather": (("tensor",), ("tensor_list",), False, False),
+    "all_gather_coalesced": (("input_tensor_list",), ("output_tensor_lists",), False, False),
+    "reduce_scatter": (("input_list",), ("output",), False, False),
+    "all_to_all": (("input_tensor_list",), ("output_tensor_list",), False, False),
+    "isend": (("tensor",), (), True, True),
+    "irecv": ((), ("tensor",), True, True),
+    "send": (("tensor",), (), False, True),
+    "recv": ((), ("tensor",), False, True),
+}
+
+
+def _in_coalescing(group: Any) -> bool:
+    try:
+        from torch.distributed import distributed_c10d as c10d
+
+        g = group if group is not None else c10d._get_default_group()
+        return g in c10d._world.pg_coalesce_state
+    except Exception:
+        return False
+
+
+def _is_root(args: Any, group: Any, key: str, group_key: str) -> bool:
+    import torch.distributed as dist
+
+    root = args.get(key)
+    if root is not None:
+        return dist.get_rank() == root
+    groot = args.get(group_key)
+    if groot is not None:
+        return dist.get_rank(group) == groot
+    return False
+
+
+def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
+    reads_at, writes_at, always_async, p2p = _SPECS[name]
+    try:
+        sig = inspect.signature(orig)
+    except (TypeError, ValueError):  # pragma: no cover
+        sig = None
+
+    def collective(*args: Any, **kwargs: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None or sig is None:
+            return orig(*args, **kwargs)
+        try:
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            group = a.get("group")
+            async_op = always_async or bool(a.get("async_op", False))
+            reads = [t for n in reads_at for t in _tensors(a.get(n))]
+            writes = [t for n in writes_at for t in _tensors(a.get(n))]
+            if name == "broadcast":
+                if _is_root(a, group, "src", "group_src"):
+                    writes = []
+                else:
+                    reads = []
+            elif name == "reduce":
+                if not _is_root(a, group, "dst", "group_dst"):
+                    writes = []
+            coalescing = _in_coalescing(group)
+            sites = [(tr, _site(tr)) for tr in trackers]
+        except Exception:
+            return orig(*args, **kwargs)
+        with _Inside():
+            result = orig(*args, **kwargs)
+        if coalescing:
+
+            def note(tr: Any) -> None:
+                key = f"{name} in a coalescing manager (not modelled)"
+                st = _state(tr)
+                st.unseen[key] = st.unseen.get(key, 0) + 1
+
+            _after(trackers, note, name)
+            return result
+        work = result if async_op and _is_work(result) else None
+        if async_op and work is None:
+            return result  # not a member of the group, or the backend synced itself
+        first = (reads or writes or [None])[0]
+        coll = None
+        if work is not None and first is not None:
+            cuda, dev, _label = _device_of(first)
+            coll = _Coll(name, reads + writes, cuda, dev)
+        site_of = dict((id(tr), s) for tr, s in sites)
+
+        def model(tr: Any) -> None:
+            _issue(tr, coll, name, reads, writes, group, async_op, site_of.get(id(tr)), p2p)
+
+        _after(trackers, model, name)
+        if coll is not None and coll.events:
+            with _lock:
+                _purge()
+                _works[id(work)] = (work, [coll])
+        return result
+
+    collective.__name__ = getattr(orig, "__name__", name)
+    collective.__qualname__ = getattr(orig, "__qualname__", name)
+    collective.__doc__ = getattr(orig, "__doc__", None)
+    collective.__wrapped__ = orig  # type: ignore[attr-defined]
+    return collective
+
+
+def _is_work(x: Any) -> bool:
+    try:
+        from torch.distributed import Work
+
+        return isinstance(x, Work)
+    except Exception:  # pragma: no cover
+        return False
+
+
+def _make_batch(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def batch_isend_irecv(p2p_op_list: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None:
+            return orig(p2p_op_list)
+        try:
+            from torch.distributed import distributed_c10d as c10d
+
+            ops = []
+            for op in p2p_op_list:
+                fn = getattr(op.op, "__wrapped__", op.op)
+                send = fn is getattr(c10d.isend, "__wrapped__", c10d.isend)
+                ops.append(("isend" if send else "irecv", op.tensor, op.group, send))
+            sites = {id(tr): _site(tr) for tr in trackers}
+        except Exception:
+            return orig(p2p_op_list)
+        with _Inside():
+            works = orig(p2p_op_list)
+        colls: list[_Coll] = []
+        for kind, t, _g, _send in ops:
+            cuda, dev, _label = _device_of(t)
+            colls.append(_Coll(f"batch_isend_irecv {kind}", [t], cuda, dev))
+
+        def model(tr: Any) -> None:
+            for (kind, t, g, send), c in zip(ops, colls, strict=True):
+                r, w = ([t], []) if send else ([], [t])
+                _issue(tr, c, f"batch_isend_irecv {kind}", r, w, g, True, sites[id(tr)], True)
+
+        _after(trackers, model, "batch_isend_irecv")
+        works_l = list(works or ())
+        with _lock:
+            _purge()
+            if len(works_l) == len(colls):
+                for wk, c in zip(works_l, colls, strict=True):
+                    _works[id(wk)] = (wk, [c])
+            else:  # one work for the coalesced batch
+                for wk in works_l:
+                    _works[id(wk)] = (wk, list(colls))
+        return works
+
+    batch_isend_irecv.__wrapped__ = orig  # type: ignore[attr-defined]
+    batch_isend_irecv.__doc__ = orig.__doc__
+    return batch_isend_irecv
+
+
+# ---------------------------------------------------------------------------------------
+# Work and Future
+
+
+def _take(table: dict[int, tuple[Any, list[_Coll]]], obj: Any, keep: bool) -> list[_Coll]:
+    with _lock:
+        rec = table.get(id(obj)) if keep else table.pop(id(obj), None)
+    if rec is None or rec[0] is not obj:
+        return []
+    return rec[1]
+
+
+def _make_work_wait(orig: Callable[..., Any], how: str) -> Callable[..., Any]:
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None:
+            return orig(self, *args, **kwargs)
+        st = patches._tls
+        st.depth += 1
+        try:
+            result = orig(self, *args, **kwargs)
+        finally:
+            st.depth -= 1
+        colls = _take(_works, self, keep=False)
+        if colls:
+            _waited(colls, how)
+            for tr in tuple(trackers):
+                tr._safe_point()
+        return result
+
+    wait.__wrapped__ = orig  # type: ignore[attr-defined]
+    wait.__doc__ = getattr(orig, "__doc__", None)
+    return wait
+
+
+def _make_is_completed(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def is_completed(self: Any) -> Any:
+        result = orig(self)
+        if _feeding() is None:
+            return result
+        colls = _take(_works, self, keep=not result)
+        if colls:
+            _waited(colls, "done" if result else "busy")
+        return result
+
+    is_completed.__wrapped__ = orig  # type: ignore[attr-defined]
+    is_completed.__doc__ = getattr(orig, "__doc__", None)
+    return is_completed
+
+
+def _make_get_future(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def get_future(self: Any) -> Any:
+        fut = orig(self)
+        if _feeding() is None:
+            return fut
+        colls = _take(_works, self, keep=True)
+        if colls:
+            with _lock:
+                _futures[id(fut)] = (fut, colls)
+        return fut
+
+    get_future.__wrapped__ = orig  # type: ignore[attr-defined]
+    get_future.__doc__ = getattr(orig, "__doc__", None)
+    return get_future
+
+
+def _make_future_wait(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None or not _futures:
+            return orig(self, *args, **kwargs)
+        st = patches._tls
+        st.depth += 1
+        try:
+            result = orig(self, *args, **kwargs)
+        finally:
+            st.depth -= 1
+        colls = _take(_futures, self, keep=False)
+        if colls:
+            with _lock:
+                for k, (_w, cs) in list(_works.items()):
+                    if cs is colls or any(c in colls for c in cs):
+                        del _works[k]
+            _waited(colls, "wait")
+            for tr in tuple(trackers):
+                tr._safe_point()
+        return result
+
+    wait.__wrapped__ = orig  # type: ignore[attr-defined]
+    wait.__doc__ = getattr(orig, "__doc__", None)
+    return wait
+
+
+# ---------------------------------------------------------------------------------------
+# Functional collectives
+
+# the functional collectives patched (their outputs are fresh storages)
+_FUNCTIONAL = ("all_reduce", "all_gather_tensor", "reduce_scatter_tensor", "all_to_all_single")
+
+
+def _group_of(g: Any) -> Any:
+    try:
+        from torch.distributed import ProcessGroup
+
+        if isinstance(g, ProcessGroup):
+            return g
+        from torch.distributed.device_mesh import DeviceMesh
+
+        if isinstance(g, DeviceMesh):
+            return g.get_group()
+        if isinstance(g, tuple) and len(g) == 2 and isinstance(g[0], DeviceMesh):
+            return g[0].get_group(g[1])
+    except Exception:
+        pass
+    return None
+
+
+def _unwrap_out(x: Any) -> Any:
+    if isinstance(x, _Tensor) and x.__class__ is not _Tensor and hasattr(x, "elem"):
+        return x.elem, True
+    return x, False
+
+
+def _make_functional(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
+    try:
+        sig = inspect.signature(orig)
+    except (TypeError, ValueError):  # pragma: no cover
+        sig = None
+
+    def functional(*args: Any, **kwargs: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None or sig is None or torch.compiler.is_compiling():
+            return orig(*args, **kwargs)
+        try:
+            a = sig.bind(*args, **kwargs).arguments
+            src = a.get("self")
+            group = _group_of(a.get("group"))
+            sites = {id(tr): _site(tr) for tr in trackers}
+        except Exception:
+            return orig(*args, **kwargs)
+        with _Inside():
+            result = orig(*args, **kwargs)
+        if not isinstance(src, _Tensor) or not isinstance(result, _Tensor):
+            return result
+        out, pending_wait = _unwrap_out(result)
+        cuda, dev, _label = _device_of(src)
+        coll = _Coll(f"functional {name}", [src, out], cuda, dev) if pending_wait else None
+
+        def model(tr: Any) -> None:
+            # waited inside already (a gather_dim other than 0): ordered as a sync call
+            _issue(
+                tr,
+                coll,
+                f"functional {name}",
+                [src],
+                [out],
+                group,
+                coll is not None,
+                sites[id(tr)],
+                False,
+                [out],
+            )
+
+        _after(trackers, model, name)
+        if coll is not None and coll.events:
+            with _lock:
+                _purge()
+                _outputs[id(out.untyped_storage())] = (out, coll)
+        return result
+
+    functional.__wrapped__ = orig  # type: ignore[attr-defined]
+    functional.__doc__ = getattr(orig, "__doc__", None)
+    functional.__name__ = name
+    return functional
+
+
+def _fc_waited(t: Any) -> None:
+    if not _outputs or not isinstance(t, _Tensor):
+        return
+    t, _ = _unwrap_out(t)
+    try:
+        key = id(t.untyped_storage())
+    except Exception:
+        return
+    with _lock:
+        rec = _outputs.pop(key, None)
+    if rec is not None:
+        _waited([rec[1]], "wait")
+
+
+def _make_wait_tensor(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def wait_tensor(tensor: Any) -> Any:
+        trackers = _feeding()
+        if trackers is None:
+            return orig(tensor)
+        with _Inside():
+            result = orig(tensor)
+        _fc_waited(tensor)
+        for tr in tuple(trackers):
+            tr._safe_point()
+        return result
+
+    wait_tensor.__wrapped__ = orig  # type: ignore[attr-defined]
+    wait_tensor.__doc__ = orig.__doc__
+    return wait_tensor
+
+
+# ---------------------------------------------------------------------------------------
+# c10d ops that reach a tracker's dispatch mode: issued from C++ (DDP's reducer), or a
+# ProcessGroup method called directly. Their stream and wait are not visible.
+
+_C10D_CODE = 1001
+_WRITES = frozenset(
+    {"tensors", "output_tensors", "output_tensor", "output", "outputs", "output_lists"}
+)
+
+
+def _site_text(tr: Any, site: Any) -> str:
+    if site is None:
+        return ""
+    for text, sid in tr._sites._strings.items():
+        if sid == site:
+            return text
+    return ""
+
+
+def _on_c10d_op(
+    tr: Any, plan: Any, args: tuple, kwargs: dict, out: Any, site: Any, vh: Any
+) -> None:
+    name = plan.name
+    if name == "_c10d_functional::wait_tensor":
+        a = args[0] if args else kwargs.get("tensor")
+        _fc_waited(a)
+        return
+    where = _site_text(tr, site)
+    key = f"{name} ({where})" if where else name
+    st = _state(tr)
+    st.unseen[key] = st.unseen.get(key, 0) + 1
+    # modelled on the current stream: as the op would run had its wait followed at once
+    n = len(args)
+    for i, pname, _w in plan.pos:
+        a = args[i] if i < n else kwargs.get(pname)
+        for t in _tensors(a):
+            tr._touch(t, False, site, vh)
+            if pname in _WRITES:
+                tr._touch(t, True, site, vh)
+
+
+def _register_c10d_names() -> None:
+    handlers = getattr(tracking, "_HANDLERS", None)
+    if handlers is None:
+        return
+    handlers.setdefault(_C10D_CODE, _on_c10d_op)
+    import torch.distributed  # noqa: F401 - registers the c10d ops
+
+    for ns in ("c10d", "_c10d_functional"):
+        try:
+            mod = getattr(torch.ops, ns)
+            names = [a for a in dir(mod) if not a.startswith("__")]
+        except Exception:
+            continue
+        for a in names:
+            try:
+                getattr(mod, a)
+            except Exception:
+                continue
+            full = f"{ns}::{a}"
+            tracking._SPECIAL.setdefault(full, _C10D_CODE)
+    for k, p in list(tracking._PLANS.items()):
+        if tracking._SPECIAL.get(p.name) == _C10D_CODE:
+            del tracking._PLANS[k]
+
+
+# ---------------------------------------------------------------------------------------
+# The patch table (installed with the rest by patches.install)
+
+
+def patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+    """(owner, attribute, factory) rows for :mod:`esper_lifetimes.patches`; empty when
+    ``torch.distributed`` is not available."""
+    try:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            return []
+        from torch.distributed import distributed_c10d as c10d
+    except Exception:  # pragma: no cover
+        return []
+    _register_c10d_names()
+    rows: list[tuple[Any, str, Callable[[Any], Any]]] = []
+    for name in _SPECS:
+        if not hasattr(c10d, name):
+            continue
+        for owner in (c10d, dist):
+            if getattr(owner, name, None) is getattr(c10d, name):
+                rows.append((owner, name, lambda o, n=name: _make_collective(n, o)))
+    for owner in (c10d, dist):
+        if hasattr(owner, "batch_isend_irecv"):
+            rows.append((owner, "batch_isend_irecv", _make_batch))
+    work = torch._C._distributed_c10d.Work
+    rows += [
+        (work, "wait", lambda o: _make_work_wait(o, "wait")),
+        (work, "synchronize", lambda o: _make_work_wait(o, "wait")),
+        (work, "is_completed", _make_is_completed),
+        (work, "get_future", _make_get_future),
+        (torch._C.Future, "wait", _make_future_wait),
+        (torch._C.Future, "value", _make_future_wait),
+    ]
+    fc = sys.modules.get("torch.distributed._functional_collectives")
+    if fc is None:
+        try:
+            import torch.distributed._functional_collectives as fc
+        except Exception:  # pragma: no cover
+            fc = None
+    if fc is not None:
+        for name in _FUNCTIONAL:
+            if hasattr(fc, name):
+                rows.append((fc, name, lambda o, n=name: _make_functional(n, o)))
+        rows.append((fc, "wait_tensor", _make_wait_tensor))
+    return rows
