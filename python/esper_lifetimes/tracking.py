@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import sys
 import threading
 import types
@@ -48,8 +47,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
+from esper_lifetimes.reports.text import format_report  # the one text renderer, compact
 from esper_lifetimes.sites import SiteMark as _SiteMark
-from esper_lifetimes.sites import SiteTable, parse_site, user_frame
+from esper_lifetimes.sites import SiteTable, user_frame
 from esper_lifetimes.sites import _user as _user_codes
 
 __all__ = [
@@ -659,6 +659,13 @@ class Tracker:
         # Register a storage first seen as an input (allocated before tracking) on the
         # default stream. A tracker that sees only windows of a run sets it False.
         self._adopt_unseen = True
+        # Memory shared by several storage objects (two from_numpy of one array,
+        # frombuffer, DLPack): the first registered owns the engine storage, the others
+        # are members over it. id(member ref) -> owner ref; id(owner ref) -> live members;
+        # id(owner ref) -> owner whose storage died while members held the memory.
+        self._owner_of: dict[int, _Ref] = {}
+        self._members: dict[int, int] = {}
+        self._orphans: dict[int, _Ref] = {}
         # A reports.Timeline that records every engine call (for the Chrome trace and the
         # HTML report), or None: the engine is then used directly.
         self.timeline = timeline
@@ -770,6 +777,9 @@ class Tracker:
         self._watching = False
         patches.discard_live(self)
         self._recs.clear()
+        self._owner_of.clear()
+        self._members.clear()
+        self._orphans.clear()
 
     def _current_policy(self) -> int:
         if self._shared:
@@ -1152,7 +1162,8 @@ class Tracker:
             # Overlaps a live storage: either one whose free the tracker has not seen yet
             # (its memory was handed out again), or a genuine alias of the same memory.
             if not self._evict_overlaps(ref.ptr, ref.nbytes):
-                self._note(exc, "alloc (aliases live storage)")
+                if not self._share(ref):
+                    self._note(exc, "alloc (aliases live storage)")
                 return
             try:
                 register(ref.ptr, ref.nbytes, stream, site)
@@ -1160,6 +1171,57 @@ class Tracker:
                 self._note(exc2, "alloc")
                 return
         ref.registered = True
+
+    def _share(self, ref: _Ref) -> bool:
+        """``ref`` is a second storage object over bytes a live registered storage holds
+        (``torch.from_numpy`` twice, ``frombuffer``, DLPack): it becomes a member of that
+        storage. Its accesses go to the owner's bytes; the memory is freed, in the
+        engine, when the last storage object over it dies. False when ``ref``'s bytes
+        are not inside one registered storage."""
+        found = self._eng.storage_at(ref.ptr)
+        if found is None:
+            return False
+        base, n, _stream = found
+        if ref.ptr + ref.nbytes > base + n:
+            return False
+        owner = None
+        for cand in (*self._recs.values(), *self._orphans.values()):
+            if cand.registered and cand.ptr == base and cand is not ref:
+                owner = cand
+                break
+        if owner is None:
+            return False
+        root = self._owner_of.get(id(owner))
+        if root is not None:
+            owner = root
+        self._owner_of[id(ref)] = owner
+        self._members[id(owner)] = self._members.get(id(owner), 0) + 1
+        ref.astream = owner.astream
+        ref.kind = owner.kind
+        return True
+
+    def _release_shared(self, ref: _Ref, multi: bool) -> bool:
+        """A storage object of shared memory died. True when that was handled here: a
+        member left (the owner's storage is dropped when it was the last and the owner
+        died before), or the owner died while members hold the memory (kept until the
+        last one dies)."""
+        owner = self._owner_of.pop(id(ref), None)
+        if owner is not None:
+            if multi:
+                owner.multi = True
+            oid = id(owner)
+            left = self._members.get(oid, 1) - 1
+            if left > 0:
+                self._members[oid] = left
+                return True
+            self._members.pop(oid, None)
+            if self._orphans.pop(oid, None) is not None:
+                self._drop(owner, self._sites.here(3) if owner.multi else None)
+            return True
+        if id(ref) in self._members:
+            self._orphans[id(ref)] = ref
+            return True
+        return False
 
     def _evict_overlaps(self, ptr: int, nbytes: int) -> bool:
         """Frees (late) every stale storage over ``[ptr, ptr+nbytes)``; False when one of
@@ -1242,6 +1304,8 @@ class Tracker:
                 if ref.pending:
                     ref.pending = False
                     self._eng.host_release(ref.ptr, ref.nbytes)
+                return
+            if self._members and self._release_shared(ref, ref.multi):
                 return
             if ref.registered:
                 # a storage only ever used on its allocation stream frees without a site:
@@ -1425,7 +1489,10 @@ class Tracker:
             if ref is None or ref.kind == _HOST:
                 return  # untracked (always-on outside a window): no site walk
             site = self._sites.here(2)
-            if not ref.registered:
+            owner = self._owner_of.get(id(ref)) if self._owner_of else None
+            if owner is not None:
+                ref = owner  # shared memory: the owner's storage holds the record
+            elif not ref.registered:
                 self._resync(st, ref, site, None)
             if ref.registered:
                 ref.multi = True
@@ -1511,91 +1578,6 @@ def _warn(text: str) -> None:
         registry=g.setdefault("__warningregistry__", {}),
     )
 
-
-def _code_at(site: str | None) -> str:
-    parsed = parse_site(site)
-    if parsed is None:
-        return ""
-    import linecache
-
-    path, line = parsed
-    text = linecache.getline(path, line)
-    if not text:
-        text = linecache.getline(os.path.abspath(path), line)
-    return text.strip()
-
-
-_ROLES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
-    # kind -> ((label, site field, stream-name field), ...)
-    "unsynced-free": (
-        ("allocated", "alloc_site", "alloc_stream_name"),
-        ("used", "use_site", "use_stream_name"),
-        ("freed", "free_site", None),
-    ),
-    "reuse-race": (
-        ("allocated", "alloc_site", "alloc_stream_name"),
-        ("used", "use_site", "use_stream_name"),
-        ("freed", "free_site", None),
-        ("reallocated", "other_site", "other_stream_name"),
-    ),
-    "unsynced-access": (
-        ("allocated", "alloc_site", "alloc_stream_name"),
-        ("earlier", "other_site", "other_stream_name"),
-        ("racing", "use_site", "use_stream_name"),
-    ),
-    "host-read-before-copy": (
-        ("copy", "use_site", "use_stream_name"),
-        ("host read", "other_site", None),
-    ),
-    "host-write-during-copy": (
-        ("copy", "use_site", "use_stream_name"),
-        ("host write", "other_site", None),
-    ),
-    "redundant-record-stream": (
-        ("allocated", "alloc_site", "alloc_stream_name"),
-        ("recorded", "use_site", "use_stream_name"),
-        ("freed", "free_site", None),
-    ),
-}
-
-
-def _hazard_lines(h: Hazard) -> list[str]:
-    head = f"{h.severity.upper()} {h.kind}"
-    if h.count > 1:
-        head += f" (x{h.count})"
-    if h.live:
-        head += " [live: the racing work was still in flight]"
-    lines = [head, f"  {h.message}"]
-    for label, site_field, stream_field in _ROLES.get(h.kind, ()):
-        site = getattr(h, site_field, None)
-        if site is None:
-            if site_field == "alloc_site":
-                where = "(not seen: allocated before tracking began)"
-            elif site_field == "free_site":
-                continue
-            else:
-                where = "(unknown)"
-        else:
-            where = site
-        stream = getattr(h, stream_field, None) if stream_field else None
-        on = f" on {stream}" if stream else ""
-        code = _code_at(site)
-        lines.append(f"  {label + on + ':':<28} {where}" + (f"    {code}" if code else ""))
-    return lines
-
-
-def format_report(hazards: list[Hazard], diagnostics: int = 0) -> str:
-    """Readable text for ``hazards``: errors first, then advice."""
-    errors = [h for h in hazards if h.severity == "error"]
-    advice = [h for h in hazards if h.severity != "error"]
-    out = [f"esper-lifetimes: {len(errors)} error{'s' * (len(errors) != 1)}, {len(advice)} advice"]
-    for h in errors + advice:
-        out.append("")
-        out.extend(_hazard_lines(h))
-    if diagnostics:
-        out.append("")
-        out.append(f"({diagnostics} internal diagnostic(s): see Tracker.diagnostics)")
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------

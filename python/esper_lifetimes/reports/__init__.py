@@ -37,7 +37,7 @@ from esper_lifetimes.reports.json_report import (
     report_dict,
     write_json,
 )
-from esper_lifetimes.reports.text import write_text
+from esper_lifetimes.reports.text import format_report, write_text
 from esper_lifetimes.reports.timeline import OPS as OPS
 from esper_lifetimes.reports.timeline import Timeline, TimelineEngine, TimelineEvent
 
@@ -56,6 +56,7 @@ __all__ = [
     "report_dict",
     "load_schema",
     "write_text",
+    "format_report",
     "write_json",
     "chrome_trace",
     "write_chrome_trace",

@@ -1,4 +1,7 @@
-"""The text report."""
+"""The one text renderer: the full report (the CLI, ``report.txt``) and its compact
+form (:func:`format_report`: ``Tracker.report()``, ``LifetimeHazardError``, pytest
+failures). Both take the roles of each kind from the vocabulary, the source lines from
+the same reader, and show the fix."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import textwrap
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
+from esper_lifetimes import vocab
 from esper_lifetimes.reports._common import (
     KINDS,
     _grouped,
@@ -23,9 +27,68 @@ from esper_lifetimes.reports._common import (
 from esper_lifetimes.reports.analysis import Analysis
 from esper_lifetimes.reports.timeline import Timeline
 
-# --------------------------------------------------------------------------------------
-# Text
-# --------------------------------------------------------------------------------------
+
+def _fix(hazard: Any, d: Mapping[str, Any]) -> str:
+    """The fix line of one hazard: its own (naming the real tensor and stream, when the
+    tracker knows them: a ``fix`` attribute or key), else its kind's hint."""
+    own = hazard.get("fix") if isinstance(hazard, Mapping) else getattr(hazard, "fix", None)
+    if own:
+        return str(own)
+    return _kind_info(d["kind"]).hint
+
+
+def _compact_lines(hazard: Any, src: _Sources) -> list[str]:
+    d = hazard_dict(hazard)
+    head = f"{str(d['severity']).upper()} {d['kind']}"
+    if d["count"] > 1:
+        head += f" (x{d['count']})"
+    if d["live"]:
+        head += " [live: the racing work was still in flight]"
+    lines = [head, f"  {d['message']}"]
+    info = vocab.kind(d["kind"])
+    for label, site_field, stream_field in info.roles if info else ():
+        site = d.get(site_field)
+        if site is None:
+            if site_field == "alloc_site":
+                where = "(not seen: allocated before tracking began)"
+            elif site_field == "use_site":
+                where = "(unknown)"
+            else:
+                continue
+        else:
+            where = site
+        stream = d.get(stream_field) if stream_field else None
+        on = f" on {stream}" if stream else ""
+        code = src.line(site)
+        lines.append(f"  {label + on + ':':<28} {where}" + (f"    {code}" if code else ""))
+    fix = _fix(hazard, d)
+    if fix:
+        lines.append(f"  fix: {fix}")
+    return lines
+
+
+def format_report(
+    hazards: Iterable[Any],
+    diagnostics: int = 0,
+    *,
+    sources: Mapping[str, str] | None = None,
+    read_sources: bool = True,
+) -> str:
+    """The compact report (exception messages, pytest failures, ``Tracker.report()``):
+    errors first, then advice; for each hazard its message, its sites with their source
+    lines, and the fix. ``diagnostics``: the tracker's count of internal failures."""
+    hs = list(hazards)
+    src = _Sources(sources, read_sources)
+    errors = [h for h in hs if hazard_dict(h)["severity"] == "error"]
+    advice = [h for h in hs if hazard_dict(h)["severity"] != "error"]
+    out = [f"esper-lifetimes: {_plural(len(errors), 'error')}, {len(advice)} advice"]
+    for h in errors + advice:
+        out.append("")
+        out.extend(_compact_lines(h, src))
+    if diagnostics:
+        out.append("")
+        out.append(f"({diagnostics} internal diagnostic(s): see Tracker.diagnostics)")
+    return "\n".join(out)
 
 
 def write_text(
@@ -44,7 +107,8 @@ def write_text(
     files that exist are read too unless ``read_sources`` is False.
     """
     out = sys.stderr if file is None else file
-    hs = [hazard_dict(h) for h in hazards]
+    hazards_in = list(hazards)
+    hs = [hazard_dict(h) for h in hazards_in]
     src = _Sources(sources, read_sources)
     summary = _summary(hs)
     analysis = timeline if isinstance(timeline, Analysis) else None
@@ -97,6 +161,10 @@ def write_text(
                     line = f"{line:<{6 + rw + 2 + sw + 2 + 16}}| {code}"
                 out.write(line.rstrip() + "\n")
             out.write("\n".join(wrap.wrap(h["message"])) + "\n")
+            own = hazards_in[i] if i < len(hazards_in) else None
+            own_fix = _fix(own, h) if own is not None else ""
+            if own_fix and own_fix != _kind_info(kind).hint:
+                out.write("\n".join(wrap.wrap("fix: " + own_fix)) + "\n")
         hint = _kind_info(kind).hint
         if hint:
             out.write(
