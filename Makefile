@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin
+DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin mypy
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -34,6 +34,7 @@ lint: setup
 	cargo clippy --all-targets --features python -q -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks examples
 	$(VENV)/bin/ruff format --check python tests benchmarks examples
+	$(VPY) -m mypy.stubtest esper_lifetimes._core --allowlist tests/stubtest-allowlist.txt
 
 rust-test:
 	cargo test -q

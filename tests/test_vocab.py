@@ -281,3 +281,34 @@ def test_the_engine_follows_the_same_number_rule():
         with pytest.raises(el.InvalidArgumentError):
             call()
     assert e.storage_at(Y) is None
+
+
+# ---- the stub -------------------------------------------------------------------------
+
+
+def test_the_stubs_literal_kinds_and_stats_keys_are_the_engines():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(_core.__file__).with_name("_core.pyi").read_text(encoding="utf-8"))
+    aliases = {
+        node.target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    literal = aliases["_KindName"]
+    assert isinstance(literal, ast.Subscript)
+    names = [elt.value for elt in literal.slice.elts]
+    assert names == [k.name for k in vocab.kinds()]
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    stats = [s.target.id for s in classes["Stats"].body if isinstance(s, ast.AnnAssign)]
+    assert stats == list(el.Engine().stats())
+    fields = [s.target.id for s in classes["HazardDict"].body if isinstance(s, ast.AnnAssign)]
+    assert tuple(fields) == vocab.HAZARD_FIELDS
+    props = [
+        f.name
+        for f in classes["Hazard"].body
+        if isinstance(f, ast.FunctionDef)
+        and any(isinstance(d, ast.Name) and d.id == "property" for d in f.decorator_list)
+    ]
+    assert tuple(props) == vocab.HAZARD_FIELDS

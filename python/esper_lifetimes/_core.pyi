@@ -1,17 +1,69 @@
-"""Type stubs of the compiled engine (rust/bindings.rs). See docs/ENGINE-API.md."""
+"""Type stubs of the compiled engine (rust/bindings.rs). See docs/ENGINE-API.md.
+
+Checked against the compiled module by ``python -m mypy.stubtest esper_lifetimes._core``
+(``make lint``).
+"""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias, TypedDict, final, type_check_only
 
-Site = str | int | None
+__all__ = [
+    "KINDS",
+    "Engine",
+    "Hazard",
+    "LifetimesError",
+    "InvalidArgumentError",
+    "UnknownStorageError",
+    "_hazard_from_dict",
+]
 
-class LifetimesError(Exception): ...
-class InvalidArgumentError(LifetimesError): ...
-class UnknownStorageError(LifetimesError): ...
+_Site: TypeAlias = str | int | None
+"""A source site: ``"path:line"``, an id from :meth:`Engine.intern`, or None."""
 
-class Hazard:
-    kind: str
-    severity: str
+_KindName: TypeAlias = Literal[
+    "unsynced-free",
+    "reuse-race",
+    "unwaited-allocation",
+    "unsynced-access",
+    "host-read-before-copy",
+    "host-write-during-copy",
+    "redundant-record-stream",
+]
+_Severity: TypeAlias = Literal["error", "advice"]
+_SiteField: TypeAlias = Literal["alloc_site", "use_site", "free_site", "other_site"]
+_StreamNameField: TypeAlias = Literal["alloc_stream_name", "use_stream_name", "other_stream_name"]
+
+@type_check_only
+class KindInfo(TypedDict):
+    """One entry of :data:`KINDS`."""
+
+    name: _KindName
+    severity: _Severity
+    title: str
+    hint: str
+    roles: tuple[tuple[str, _SiteField, _StreamNameField | None], ...]
+
+@type_check_only
+class Stats(TypedDict):
+    """What :meth:`Engine.stats` returns."""
+
+    live_storages: int
+    pending_frees: int
+    freed_tracked: int
+    freed_dropped: int
+    pending_host_copies: int
+    streams: int
+    events: int
+    sites: int
+    hazards: int
+    events_processed: int
+
+@type_check_only
+class HazardDict(TypedDict):
+    """What :meth:`Hazard.to_dict` returns (keys in this order)."""
+
+    kind: _KindName
+    severity: _Severity
     count: int
     ptr: int
     nbytes: int
@@ -29,22 +81,87 @@ class Hazard:
     other_nbytes: int | None
     live: bool | None
     message: str
-    def to_dict(self) -> dict[str, Any]: ...
 
+KINDS: tuple[KindInfo, ...]
+"""Every hazard kind, from the Rust ``Kind`` enum, in report order (errors first)."""
+
+def _hazard_from_dict(d: dict[str, Any]) -> Hazard:
+    """Rebuilds a :class:`Hazard` from :meth:`Hazard.to_dict` (pickling)."""
+
+class LifetimesError(Exception):
+    """Base class of the engine's errors (and of every esper-lifetimes error)."""
+
+class InvalidArgumentError(LifetimesError):
+    """A call with an argument the engine refuses; the engine is left unchanged."""
+
+class UnknownStorageError(LifetimesError):
+    """A call about a pointer inside no live storage; the engine is left unchanged."""
+
+@final
+class Hazard:
+    """One distinct hazard (deduplicated by kind and sites), with its occurrence count."""
+
+    @property
+    def kind(self) -> _KindName: ...
+    @property
+    def severity(self) -> _Severity: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def alloc_stream(self) -> int | None: ...
+    @property
+    def use_stream(self) -> int | None: ...
+    @property
+    def other_stream(self) -> int | None: ...
+    @property
+    def alloc_stream_name(self) -> str | None: ...
+    @property
+    def use_stream_name(self) -> str | None: ...
+    @property
+    def other_stream_name(self) -> str | None: ...
+    @property
+    def alloc_site(self) -> str | None: ...
+    @property
+    def use_site(self) -> str | None: ...
+    @property
+    def free_site(self) -> str | None: ...
+    @property
+    def other_site(self) -> str | None: ...
+    @property
+    def other_ptr(self) -> int | None: ...
+    @property
+    def other_nbytes(self) -> int | None: ...
+    @property
+    def live(self) -> bool | None: ...
+    @property
+    def message(self) -> str: ...
+    def to_dict(self) -> HazardDict: ...
+
+@final
 class Engine:
+    """The happens-before engine: feed it the program's stream events, read its hazards."""
+
     def __init__(self) -> None: ...
-    def alloc(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
+    def alloc(self, ptr: int, nbytes: int, stream: int, site: _Site = None) -> None: ...
+    def adopt(self, ptr: int, nbytes: int, stream: int, site: _Site = None) -> None:
+        """A storage whose allocation was not seen (it existed before tracking)."""
     def access(
-        self, ptr: int, nbytes: int, stream: int, write: bool = False, site: Site = None
+        self, ptr: int, nbytes: int, stream: int, write: bool | None = None, site: _Site = None
     ) -> None: ...
     def launch(
-        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: Site = None
+        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: _Site = None
     ) -> None: ...
     def _noop_launch(
-        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: Site = None
+        self, stream: int, reads: Sequence[int], writes: Sequence[int], site: _Site = None
     ) -> None: ...
-    def record_stream(self, ptr: int, stream: int, site: Site = None) -> None: ...
-    def free(self, ptr: int, site: Site = None) -> None: ...
+    def record_stream(self, ptr: int, stream: int, site: _Site = None) -> None: ...
+    def free(self, ptr: int, site: _Site = None) -> None: ...
+    def flush(self) -> None:
+        """The end of a region, test or run: judges every pending free now."""
     def event_record(self, event: int, stream: int) -> None: ...
     def event_wait(self, event: int, stream: int) -> None: ...
     def stream_wait(self, waiter: int, waited: int) -> None: ...
@@ -54,24 +171,24 @@ class Engine:
     def stream_query(self, stream: int, complete: bool) -> None: ...
     def event_query(self, event: int, complete: bool) -> None: ...
     def forget_event(self, event: int) -> None: ...
-    def define_stream(
-        self, stream: int, name: str | None = None, virtual: bool = False
-    ) -> None: ...
-    def copy_to_host(self, host_ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
+    def define_stream(self, stream: int, name: str | None = None, virtual: bool = ...) -> None: ...
+    def copy_to_host(self, host_ptr: int, nbytes: int, stream: int, site: _Site = None) -> None: ...
     def copy_from_host(
-        self, host_ptr: int, nbytes: int, stream: int, site: Site = None
+        self, host_ptr: int, nbytes: int, stream: int, site: _Site = None
     ) -> None: ...
     def host_access(
-        self, host_ptr: int, nbytes: int, write: bool = False, site: Site = None
+        self, host_ptr: int, nbytes: int, write: bool | None = None, site: _Site = None
     ) -> None: ...
     def host_release(self, host_ptr: int, nbytes: int) -> None: ...
     def intern(self, site: str) -> int: ...
     def storage_at(self, ptr: int) -> tuple[int, int, int] | None: ...
-    def hazards(self, since: int = 0) -> list[Hazard]: ...
+    def hazards(self, since: int | None = None) -> list[Hazard]: ...
     def hazard_count(self) -> int: ...
     def error_count(self) -> int: ...
-    def stats(self) -> dict[str, int]: ...
-    def replay(self, array: Any) -> int: ...
+    def stats(self) -> Stats: ...
+    def replay(self, array: Any) -> int:
+        """The bulk path: an (N, 4) int64 array of rows ``[code, a, b, c]``
+        (:mod:`esper_lifetimes.ops`); returns the rows applied."""
     def _noop(
-        self, ptr: int, nbytes: int, stream: int, write: bool = False, site: Site = None
+        self, ptr: int, nbytes: int, stream: int, write: bool | None = None, site: _Site = None
     ) -> None: ...
