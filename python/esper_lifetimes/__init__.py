@@ -45,6 +45,9 @@ _EXPORTS = {
     "disable": "esper_lifetimes.modes",
     "always_on": "esper_lifetimes.modes",
     "AlwaysOnTracker": "esper_lifetimes.modes",
+    # CUDA code on a CPU-only machine
+    "emulate_cuda": "esper_lifetimes.emulate",
+    "EmulationError": "esper_lifetimes.emulate",
 }
 _SUBMODULES = (
     "ops",
@@ -55,6 +58,7 @@ _SUBMODULES = (
     "modes",
     "patches",
     "config",
+    "emulate",
 )
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])

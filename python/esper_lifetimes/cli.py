@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         usage="%(prog)s [-h] [--mode {full,always-on}] [--sample P] [--report DIR]\n"
-        "       [--max-events N] [--fail-on {error,advice,never}] SCRIPT [ARGS ...]",
+        "       [--max-events N] [--fail-on {error,advice,never}] [--emulate-cuda]\n"
+        "       SCRIPT [ARGS ...]",
         help="run a Python script under the tracker and report the hazards found",
         description=_RUN_DESCRIPTION,
         epilog=_RUN_EPILOG,
@@ -228,6 +229,13 @@ def _parser() -> argparse.ArgumentParser:
         "they open are listed without a place on the timeline",
     )
     run.add_argument("--fail-on", choices=FAIL_ON, default="error", help=_FAIL_ON_HELP)
+    run.add_argument(
+        "--emulate-cuda",
+        action="store_true",
+        help="run torch.cuda code on a machine without a GPU: CUDA tensors are CPU tensors "
+        "that say they are CUDA, CUDA streams and events are virtual ones "
+        "(esper_lifetimes.emulate_cuda; docs/EMULATION.md)",
+    )
     # One REMAINDER positional: everything from SCRIPT on belongs to the script (its own
     # options included); argparse would call a separate ARGS positional required.
     run.add_argument(
@@ -432,7 +440,8 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     timeline = reports.Timeline(max_events=args.max_events) if args.report else None
     sample = modes.DEFAULT_SAMPLE if args.sample is None else args.sample
     was_enabled = tracking.is_enabled()
-    tracker = modes.enable(args.mode, sample=sample, timeline=timeline)
+    emulate = "cuda" if args.emulate_cuda else None
+    tracker = modes.enable(args.mode, sample=sample, timeline=timeline, emulate=emulate)
     assert tracker is not None
     try:
         status = _run_script(script, script_args, err)
@@ -450,6 +459,8 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"windows tracked at {summary['barriers']} synchronizations)"
         )
     out.flush()
+    if emulate:
+        how += " on emulated CUDA"
     err.write(f"esper-lifetimes: {script} ran under {how}; its exit status: {status}\n")
     if tracker.diagnostics:
         err.write("esper-lifetimes: internal failures while tracking (hazards may be missed):\n")

@@ -307,7 +307,11 @@ def _item(self: torch.Tensor) -> Any:
     result = _torch_item(self)
     run = _run
     if run is not None and run._thread == threading.get_ident() and not patches._tls.depth:
-        run._blocking_read(self)
+        if tracking._emulating:
+            with torch._C.DisableTorchFunction():  # the real device of an emulated tensor
+                run._blocking_read(self)
+        else:
+            run._blocking_read(self)
     return result
 
 

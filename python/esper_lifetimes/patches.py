@@ -162,9 +162,15 @@ def _current_cuda_stream() -> Any:
 # The wrappers
 
 
+# Trackers read a tensor's real device: under esper_lifetimes.emulate, a torch function
+# mode would answer "cuda" for an emulated CUDA tensor (a CPU tensor).
+_real_devices = torch._C.DisableTorchFunction
+
+
 def _feed(trackers: list[Any], method: str, *args: Any) -> None:
-    for tr in tuple(trackers):
-        getattr(tr, method)(*args)
+    with _real_devices():
+        for tr in tuple(trackers):
+            getattr(tr, method)(*args)
 
 
 def _safe_points(trackers: list[Any]) -> None:
