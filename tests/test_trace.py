@@ -101,7 +101,7 @@ def test_round_trip_reads_back_every_event_with_its_line(tmp_path):
     path = tmp_path / "t.jsonl"
     write_scenario(path)
     trace = tr.read_trace(path)
-    assert trace.version == 1
+    assert trace.version == tr.VERSION == 2
     assert trace.metadata == {"test": True}
     events = list(trace)
     assert [(e.op, e.args) for e in events] == SCENARIO
@@ -151,7 +151,7 @@ def test_optional_arguments_at_their_default_are_omitted(tmp_path):
     path = tmp_path / "t.jsonl"
     write_scenario(path)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert lines[0]["format"] == "esper-lifetimes-trace" and lines[0]["version"] == 1
+    assert lines[0]["format"] == "esper-lifetimes-trace" and lines[0]["version"] == 2
     assert {"op": "alloc", "ptr": Y, "nbytes": N, "stream": S} in lines
     assert {"op": "define_stream", "stream": S2, "name": "virt", "virtual": True} in lines
     assert {"op": "device_synchronize"} in lines
@@ -328,8 +328,8 @@ def test_bad_event_lines_name_the_file_and_line(tmp_path, line, message):
 
 def test_unsupported_version_is_refused_when_opening(tmp_path):
     path = tmp_path / "v2.jsonl"
-    path.write_text(json.dumps({"format": tr.FORMAT, "version": 2}) + "\n")
-    with pytest.raises(tr.TraceError, match=r":1: unsupported trace version 2 \(this reader") as e:
+    path.write_text(json.dumps({"format": tr.FORMAT, "version": 3}) + "\n")
+    with pytest.raises(tr.TraceError, match=r":1: unsupported trace version 3 \(this reader") as e:
         tr.read_trace(path)
     assert e.value.line == 1
 
@@ -556,6 +556,19 @@ def test_a_cut_gzip_trace_replays_its_whole_lines(tmp_path):
     events = list(trace)
     assert 0 < len(events) < 2000 and trace.cut_at == len(events) + 2
     assert [e.args[0] for e in events] == [X + i * N for i in range(len(events))]
+
+
+def test_version_1_traces_are_still_read(tmp_path):
+    path = tmp_path / "v1.jsonl"
+    path.write_text(
+        json.dumps({"format": tr.FORMAT, "version": 1})
+        + "\n"
+        + json.dumps({"op": "alloc", "ptr": X, "nbytes": N, "stream": D})
+        + "\n"
+    )
+    trace = tr.read_trace(path)
+    assert trace.version == 1 and [e.op for e in trace] == ["alloc"]
+    assert tr.VERSION == 2
 
 
 def test_a_utf8_bom_is_accepted(tmp_path):

@@ -39,8 +39,9 @@ __all__ = [
 FORMAT = "esper-lifetimes-trace"
 """The value of the header's ``format`` key."""
 
-VERSION = 1
-"""The trace format version this module writes, and the highest it reads."""
+VERSION = 2
+"""The trace format version this module writes, and the highest it reads (version 2
+added the ops ``adopt`` and ``flush``; this reader reads versions 1 and 2)."""
 
 _I64_MIN = vocab.I64_MIN
 _U64_MAX = vocab.U64_MAX
