@@ -51,6 +51,7 @@ from esper_lifetimes import patches, tracking
 __all__ = [
     "patch_table",
     "unseen",
+    "seen",
     "pending",
     "rank_info",
     "rank_report_dir",
@@ -100,13 +101,14 @@ def rank_report_dir(path: str) -> str:
 
 
 class _State:
-    __slots__ = ("named", "last", "unseen", "pending", "__weakref__")
+    __slots__ = ("named", "last", "unseen", "pending", "seen", "__weakref__")
 
     def __init__(self) -> None:
         self.named: set[int] = set()  # internal streams defined in this tracker's engine
         self.last: dict[str, int] = {}  # chain key -> stream of its latest collective
         self.unseen: dict[str, int] = {}  # "what (where)" -> count
         self.pending = 0  # async collectives issued and not waited on
+        self.seen: dict[str, int] = {}  # collective -> calls modelled
 
 
 def _state(tr: Any) -> _State:
@@ -122,6 +124,12 @@ def unseen(tr: Any) -> dict[str, int]:
     ``{"c10d::allreduce_ (file:line)": count}``."""
     st = tr.__dict__.get("_dist_state")
     return dict(st.unseen) if st is not None else {}
+
+
+def seen(tr: Any) -> dict[str, int]:
+    """Collectives tracker ``tr`` modelled, by name: ``{"all_reduce": 3, ...}``."""
+    st = tr.__dict__.get("_dist_state")
+    return dict(st.seen) if st is not None else {}
 
 
 def pending(tr: Any) -> int:
@@ -290,6 +298,8 @@ def _issue(
         return
     cuda, dev, label = _device_of(first)
     cur = _current(tr, cuda, dev)
+    st = _state(tr)
+    st.seen[name] = st.seen.get(name, 0) + 1
     for t in fresh or ():
         # allocated by the collective on the current stream (functional collectives)
         try:
@@ -309,7 +319,6 @@ def _issue(
         chain += ":p2p"
     eng = tr._eng
     h = _stream(tr, chain, name, not cuda)
-    st = _state(tr)
     eng.stream_wait(h, cur)
     prev = st.last.get(chain)
     if prev is not None and prev != h:
@@ -874,6 +883,22 @@ def _register_c10d_names() -> None:
 # The patch table (installed with the rest by patches.install)
 
 
+# id(original) -> (original, wrapper): ``torch.distributed.isend`` and
+# ``distributed_c10d.isend`` must stay one object (``P2POp`` checks ``op in (isend, ...)``)
+_made: dict[int, tuple[Any, Any]] = {}
+
+
+def _once(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def factory(orig: Any) -> Any:
+        rec = _made.get(id(orig))
+        if rec is None or rec[0] is not orig:
+            rec = (orig, make(orig))
+            _made[id(orig)] = rec
+        return rec[1]
+
+    return factory
+
+
 def patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(owner, attribute, factory) rows for :mod:`esper_lifetimes.patches`; empty when
     ``torch.distributed`` is not available."""
@@ -892,10 +917,10 @@ def patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
             continue
         for owner in (c10d, dist):
             if getattr(owner, name, None) is getattr(c10d, name):
-                rows.append((owner, name, lambda o, n=name: _make_collective(n, o)))
+                rows.append((owner, name, _once(lambda o, n=name: _make_collective(n, o))))
     for owner in (c10d, dist):
         if hasattr(owner, "batch_isend_irecv"):
-            rows.append((owner, "batch_isend_irecv", _make_batch))
+            rows.append((owner, "batch_isend_irecv", _once(_make_batch)))
     work = torch._C._distributed_c10d.Work
     rows += [
         (work, "wait", lambda o: _make_work_wait(o, "wait")),

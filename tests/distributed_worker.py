@@ -1,0 +1,257 @@
+"""The ranks of tests/test_distributed.py: scenarios of collectives over gloo, one
+``track()`` region each, on CPU tensors standing for device memory (virtual streams).
+
+Started by ``torch.multiprocessing.spawn`` (:func:`spawn_entry`), each rank writes
+``OUT/rank<R>/scenarios.json`` ({scenario: {"hazards": [...], "seen": {...}, "unseen":
+{...}, "diagnostics": [...]}}) and its rank report (``OUT/rank<R>/report.json`` and the
+rest, with a timeline) for the merge. The lines the tests expect in reports carry a
+``# L:name`` marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def _result(tr: Any) -> dict[str, Any]:
+    from esper_lifetimes import distributed, reports
+
+    return {
+        "hazards": [reports.hazard_dict(h) for h in tr.hazards],
+        "seen": distributed.seen(tr),
+        "unseen": distributed.unseen(tr),
+        "pending": distributed.pending(tr),
+        "diagnostics": tr.diagnostics,
+    }
+
+
+def read_before_wait(rank: int) -> None:
+    x = torch.full((256,), float(rank + 1))
+    work = dist.all_reduce(x, async_op=True)
+    y = x * 2  # L:read-early
+    work.wait()
+    del y
+
+
+def read_after_wait(rank: int) -> None:
+    x = torch.full((256,), float(rank + 1))
+    work = dist.all_reduce(x, async_op=True)
+    work.wait()
+    y = x * 2
+    assert float(y[0]) == 6.0  # (1 + 2) * 2: the collective ran
+
+
+def input_overwritten(rank: int) -> None:
+    grad = torch.ones(256)
+    work = dist.all_reduce(grad, async_op=True)  # L:overwrite-coll
+    grad.mul_(0.5)  # L:overwrite
+    work.wait()
+
+
+def sync_collectives(rank: int) -> None:
+    x = torch.full((64,), float(rank))
+    dist.all_reduce(x)
+    out = torch.empty(128)
+    dist.all_gather_into_tensor(out, x)
+    part = torch.empty(64)
+    dist.reduce_scatter_tensor(part, out)
+    dist.broadcast(x, src=0)
+    a2a = torch.empty(64)
+    dist.all_to_all_single(a2a, x)
+    chunks = [torch.empty(64) for _ in range(2)]
+    dist.all_gather(chunks, x)
+    (x + out.sum() + part.sum() + a2a.sum() + chunks[1].sum()).sum()
+
+
+def free_under_side_stream(rank: int) -> None:
+    from esper_lifetimes import virtual
+
+    s = virtual.Stream(name="comm")
+    buf = torch.ones(256)
+    s.wait_stream(virtual.default_stream())
+    with virtual.stream(s):
+        work = dist.all_reduce(buf, async_op=True)  # L:side-coll
+        work.wait()  # the side stream waits; the default stream never does
+    # the free (deterministic: gloo's work object may still hold the tensor a moment)
+    buf.untyped_storage().resize_(0)  # L:side-free
+    nxt = torch.empty(256)  # L:side-next
+    del nxt
+
+
+def p2p(rank: int) -> None:
+    peer = 1 - rank
+    send = torch.full((32,), float(rank))
+    recv = torch.empty(32)
+    ops = [dist.P2POp(dist.isend, send, peer), dist.P2POp(dist.irecv, recv, peer)]
+    for w in dist.batch_isend_irecv(ops):
+        w.wait()
+    assert float(recv[0]) == float(peer)
+    early = torch.empty(32)
+    if rank == 0:
+        dist.isend(send, 1).wait()
+    else:
+        w = dist.irecv(early, 0)
+        early.sum()  # L:p2p-early
+        w.wait()
+
+
+def functional(rank: int) -> None:
+    import torch.distributed._functional_collectives as fc
+
+    a = torch.ones(64)
+    r = fc.all_reduce(a, "sum", dist.group.WORLD)  # L:fc-coll
+    a.mul_(2)  # L:fc-overwrite
+    v = fc.wait_tensor(r) + 1
+    b = torch.ones(64)
+    r2 = fc.all_reduce(b, "sum", dist.group.WORLD)
+    r2 = r2 + 1  # the AsyncCollectiveTensor waits at its first use
+    b.mul_(2)
+    del v
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 4),
+    )
+
+
+def bucketed_allreduce(rank: int) -> None:
+    """Gradient buckets all-reduced while backward goes on (as DDP does), waited before
+    the optimizer reads them: correct."""
+    model = _model()
+    params = [p for p in model.parameters()]
+    buckets: list[list[torch.nn.Parameter]] = [params[4:], params[2:4], params[:2]]
+    ready: dict[int, int] = {}
+    inflight: list[tuple[Any, torch.Tensor, list[torch.nn.Parameter]]] = []
+
+    def hook(p: torch.nn.Parameter) -> None:
+        for i, b in enumerate(buckets):
+            if any(p is q for q in b):
+                ready[i] = ready.get(i, 0) + 1
+                if ready[i] == len(b):
+                    flat = torch.cat([q.grad.reshape(-1) for q in b])
+                    inflight.append((dist.all_reduce(flat, async_op=True), flat, b))
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
+    for _ in range(2):
+        ready.clear()
+        model(x).square().mean().backward()
+        for work, flat, b in inflight:
+            work.wait()
+            flat.div_(dist.get_world_size())
+            off = 0
+            for q in b:
+                n = q.numel()
+                q.grad.copy_(flat[off : off + n].view_as(q))
+                off += n
+        inflight.clear()
+        opt.step()
+        opt.zero_grad()
+    for h in handles:
+        h.remove()
+
+
+def ddp(rank: int) -> None:
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    model(torch.randn(4, 16)).sum().backward()
+
+
+def fsdp2(rank: int) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            fully_shard(m)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
+    for _ in range(2):
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+SCENARIOS = [
+    read_before_wait,
+    read_after_wait,
+    input_overwritten,
+    sync_collectives,
+    free_under_side_stream,
+    p2p,
+    functional,
+    bucketed_allreduce,
+    ddp,
+    fsdp2,
+]
+
+
+def training_step(rank: int) -> None:
+    """The step the merged report is made of: two bugs, on both ranks."""
+    grad = torch.randn(512, generator=torch.Generator().manual_seed(rank))
+    work = dist.all_reduce(grad, async_op=True)  # L:step-coll
+    norm = grad.norm()  # L:step-early
+    work.wait()
+    stats = torch.ones(8)
+    w2 = dist.all_reduce(stats, async_op=True)  # L:step-coll-1
+    if rank == 1:
+        stats.zero_()  # L:step-overwrite-1
+    w2.wait()
+    del norm
+
+
+def run_rank(rank: int, world: int, out: str) -> None:
+    import esper_lifetimes as el
+    from esper_lifetimes import distributed, reports
+
+    results: dict[str, Any] = {}
+    for fn in SCENARIOS:
+        dist.barrier()
+        t0 = time.perf_counter()
+        with el.track(on_hazard="collect") as tr:
+            fn(rank)
+        results[fn.__name__] = _result(tr)
+        results[fn.__name__]["seconds"] = round(time.perf_counter() - t0, 3)
+    dist.barrier()
+    timeline = reports.Timeline()
+    with el.track(on_hazard="collect", timeline=timeline) as tr:
+        training_step(rank)
+    rdir = distributed.rank_report_dir(out)
+    meta = {"program": __file__, "rank": rank, "world_size": world}
+    reports.write_all(rdir, tr.hazards, timeline, meta=meta)
+    with open(os.path.join(rdir, "scenarios.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def spawn_entry(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        run_rank(rank, world, out)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node 2 tests/distributed_worker.py OUT
+    dist.init_process_group("gloo")
+    try:
+        training_step(dist.get_rank())
+    finally:
+        dist.destroy_process_group()
+    sys.exit(0)
