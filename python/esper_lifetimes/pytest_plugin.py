@@ -106,6 +106,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="args",
         default=[],
     )
+    group.addoption(
+        "--lifetimes-emulate-cuda",
+        dest="lifetimes_emulate_cuda",
+        action="store_true",
+        default=None,
+        help="run the tests' torch.cuda code on a machine without a GPU "
+        "(esper_lifetimes.emulate_cuda for the whole run; adds to the ini option)",
+    )
+    parser.addini(
+        "lifetimes_emulate_cuda",
+        "esper-lifetimes: emulate CUDA on the CPU for the whole run (true/false)",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "lifetimes_sample",
         "esper-lifetimes always-on mode: probability of tracking a window at each synchronization",
@@ -180,6 +194,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     plugin = LifetimesPlugin(config, mode, allow, _sample(config))
     config.pluginmanager.register(plugin, "esper-lifetimes-plugin")
+    if config.getoption("lifetimes_emulate_cuda", None) or config.getini("lifetimes_emulate_cuda"):
+        plugin.emulate_cuda()  # before collection: skipif(not is_available()) sees it
     if mode != "off":
         plugin.backend(mode)  # switched on for the run: a usage error now if it cannot work
 
@@ -661,6 +677,22 @@ class LifetimesPlugin:
                 b.close()
             except Exception:  # pragma: no cover - the run is over
                 pass
+        em, self._emulation = getattr(self, "_emulation", None), None
+        if em is not None:
+            em.__exit__(None, None, None)
+
+    def emulate_cuda(self) -> None:
+        """``--lifetimes-emulate-cuda``: CUDA emulated on the CPU for the whole run."""
+        try:
+            from esper_lifetimes.emulate import emulate_cuda
+        except Exception as exc:  # torch missing, a broken build
+            raise pytest.UsageError(
+                f"esper-lifetimes: --lifetimes-emulate-cuda cannot start: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        em = emulate_cuda()
+        em.__enter__()
+        self._emulation = em
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
