@@ -404,6 +404,56 @@ def test_text_report_groups_by_kind_with_counts_streams_and_sites():
     )
 
 
+def test_compact_report_shows_roles_source_lines_and_the_fix():
+    from esper_lifetimes.reports import format_report
+
+    tl, e = all_kinds_timeline()
+    text = format_report(e.hazards(), sources={"example.py": "x = randn()\n\n\ny = x * 2\n"})
+    assert text.startswith("esper-lifetimes: 6 errors, 1 advice\n\nERROR unsynced-free (x2)")
+    block = text.split("\n\n")[1].splitlines()
+    assert block[2] == "  allocated on default:        example.py:1    x = randn()"
+    assert block[3] == "  used on side:                example.py:4    y = x * 2"
+    assert block[4].startswith("  freed:                       example.py:6")
+    assert block[-1] == "  fix: " + KINDS["unsynced-free"].hint
+    # every hazard has its fix line, advice last
+    assert text.count("\n  fix: ") == len(e.hazards())
+    assert text.rsplit("\n\n", 1)[1].startswith("ADVICE redundant-record-stream")
+
+
+def test_compact_report_takes_a_hazards_own_fix_and_says_what_was_not_seen():
+    from esper_lifetimes.reports import format_report
+
+    own = {
+        "kind": "unsynced-free",
+        "use_site": "val.py:42",
+        "use_stream_name": "env1",
+        "fix": "call override.record_stream(env1) before val.py:43 frees it",
+    }
+    text = format_report([own], read_sources=False)
+    assert "  fix: call override.record_stream(env1) before val.py:43 frees it" in text
+    assert "  allocated:                   (not seen: allocated before tracking began)" in text
+    assert "  used on env1:                val.py:42" in text
+    assert "freed" not in text and "judged" not in text  # no site: no line
+
+
+def test_tracker_report_and_its_error_are_the_compact_form():
+    import torch
+    from esper_lifetimes import LifetimeHazardError, track, virtual
+    from esper_lifetimes.reports import format_report
+
+    side = virtual.Stream(name="side")
+    with pytest.raises(LifetimeHazardError) as info:
+        with track("raise", cpu="device") as t:
+            x = torch.ones(64)
+            side.wait_stream(virtual.current_stream())
+            with virtual.stream(side):
+                _ = x * 2
+            del x
+    assert str(info.value) == format_report(info.value.hazards)
+    assert t.report() == format_report(t.hazards)
+    assert "\n  fix: call t.record_stream(s)" in str(info.value)
+
+
 def test_text_report_defaults_to_stderr(capsys):
     write_text([])
     assert "no hazards found" in capsys.readouterr().err

@@ -312,3 +312,18 @@ def test_the_stubs_literal_kinds_and_stats_keys_are_the_engines():
         and any(isinstance(d, ast.Name) and d.id == "property" for d in f.decorator_list)
     ]
     assert tuple(props) == vocab.HAZARD_FIELDS
+
+
+def test_the_recorders_methods_and_the_enginelike_protocol_follow_the_ops():
+    from esper_lifetimes import recording
+
+    for op, spec in vocab.OPS.items():
+        expected = [(a.name, a.default is not vocab.REQUIRED) for a in spec.args]
+        assert _params(getattr(recording.Recorder, op)) == expected, op
+        assert _params(getattr(recording.EngineLike, op)) == expected, op
+    protocol = {
+        name
+        for name, value in vars(recording.EngineLike).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert protocol == set(vocab.OPS) | set(vocab.QUERIES) | {"intern"}
