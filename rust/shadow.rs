@@ -28,7 +28,7 @@ pub struct Access {
 }
 
 /// Most segments per storage before coarsening.
-pub const MAX_SEGMENTS: usize = 1024;
+pub const MAX_SEGMENTS: usize = 256;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct State {
