@@ -124,6 +124,7 @@ class AlwaysOnTracker(Tracker):
         self._started_at = 0.0
         self.windows_opened = 0
         self.barriers = 0
+        self._ops_closed = 0  # ops checked in windows already closed
 
     # -- life ---------------------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class AlwaysOnTracker(Tracker):
             "sample": self.sample,
             "barriers": self.barriers,
             "windows_opened": self.windows_opened,
+            "ops_checked": self.ops_checked(),
             "errors": sum(1 for h in hs if h.severity == "error"),
             "advice": sum(1 for h in hs if h.severity != "error"),
             "engine": eng.stats() if eng is not None else {},
@@ -200,8 +202,14 @@ class AlwaysOnTracker(Tracker):
         if _get_current_dispatch_mode() is not mode:
             return  # another mode was entered inside the window: close at a later barrier
         self._window = None
+        self._ops_closed += min(mode.ops, mode.budget)
         patches.set_mode(self, None)
         mode.__exit__(None, None, None)
+
+    def ops_checked(self) -> int:
+        """How many ops the windows tracked so far (the open one included)."""
+        w = self._window
+        return self._ops_closed + (min(w.ops, w.budget) if w is not None else 0)
 
     def _barrier(self) -> None:
         """A synchronization point on the watched thread: the window boundary."""

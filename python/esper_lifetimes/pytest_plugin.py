@@ -15,12 +15,27 @@ freed in teardown or at garbage collection is charged to the test that made it:
   streams, and the source lines of the allocation, the use and the free;
 - one found during teardown or the final collection is an error at teardown of the same
   test;
-- advice is listed in the terminal summary, never a failure.
+- advice is listed in the terminal summary, never a failure;
+- the frees still pending (the engine judges a free when its block can next be handed
+  out) are judged when the test body returns (``Engine.flush()``);
+- a test that calls ``pytest.skip()`` after leaving a hazard fails (a skipped test's
+  report would never name it);
+- storages that outlive their test (a module- or session-scoped fixture's, a cache's)
+  keep its tracker watching, detached (*lingering*, at most 256 regions, oldest closed
+  first): their frees are judged at the end of the test during which they happen (a
+  module fixture's teardown: the module's last test) and charged to it; what is freed
+  after the last test fails the run, in a summary section of its own (not under xdist,
+  where each worker's last test takes it).
+
+``--lifetimes`` takes an optional mode but never a path: ``pytest --lifetimes tests/`` is
+read as ``--lifetimes=full tests/``.
 
 With ``always-on``, one run-wide tracker (``esper_lifetimes.enable(mode="always-on")``)
 samples windows of ops; the start of each test is a synchronization barrier where a
-window may open (``--lifetimes-sample``, ini ``lifetimes_sample``), and a test is charged
-with the hazards the run's tracker found, or found again, while it ran.
+window may open (``--lifetimes-sample``, ini ``lifetimes_sample``; 1 by default in a test
+run: a test is short, and at a production rate most tests would go unchecked), and a test
+is charged with the hazards the run's tracker found, or found again, while it ran. The
+summary says how many ops the windows checked, and how many tests had none checked.
 
 Nothing heavy is imported until the plugin is switched on: with it off, this module uses
 pytest and the standard library only (neither torch nor the compiled engine). An error
@@ -35,6 +50,7 @@ collection can free one.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import inspect
 import os
@@ -63,6 +79,70 @@ _MARKER_HELP = (
 # Options
 
 
+_MODE_SPELLINGS = {"always_on": "always-on", "alwayson": "always-on"}
+
+
+def _mode_word(value: str) -> str | None:
+    m = value.strip().lower()
+    m = _MODE_SPELLINGS.get(m, m)
+    return m if m in MODES else None
+
+
+def _bare_flag_before_a_path(args: list[str]) -> bool:
+    """Rewrites, in place, a bare ``--lifetimes`` followed by something that is not a
+    mode (``pytest --lifetimes tests/``) as ``--lifetimes=full``, so that argparse does
+    not take the path as the mode. True when it changed ``args``."""
+    changed = False
+    for i, a in enumerate(args):
+        if a == "--":
+            break
+        if a == "--lifetimes" and i + 1 < len(args):
+            nxt = args[i + 1]
+            if not nxt.startswith("-") and _mode_word(nxt) is None:
+                args[i] = "--lifetimes=full"
+                changed = True
+    return changed
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: Any, args: list[str]
+) -> None:
+    # Called with the very list pytest parses next (after addopts and PYTEST_ADDOPTS).
+    if _bare_flag_before_a_path(args):
+        import copy
+
+        early_config.known_args_namespace = parser.parse_known_args(
+            args, namespace=copy.copy(early_config.option)
+        )
+
+
+class _LifetimesAction(argparse.Action):
+    """``--lifetimes`` with an optional MODE that never swallows a test path.
+
+    ``--lifetimes`` alone, before ``-n 2`` or at the end: full. ``--lifetimes=MODE`` (or
+    ``--lifetimes MODE``): that mode. ``--lifetimes tests/`` is rewritten to
+    ``--lifetimes=full tests/`` before parsing (:func:`pytest_load_initial_conftests`).
+    Any other value is kept, for the usage error that names it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values is None:
+            setattr(namespace, self.dest, self.const)
+            return
+        value = str(values)
+        mode = _mode_word(value)
+        if mode is not None:
+            setattr(namespace, self.dest, mode)
+            return
+        setattr(namespace, self.dest, value)  # not a mode: _global_mode says so
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lifetimes", "esper-lifetimes: CUDA stream lifetime hazards")
     group.addoption(
@@ -72,11 +152,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         const="full",
         default=None,
         metavar="MODE",
+        action=_LifetimesAction,
         help=(
             "fail every test that leaves a CUDA stream hazard behind. MODE: full (the "
             "default when no value is given), always-on or off; overrides the ini option "
-            "'lifetimes'. Write --lifetimes=MODE, or put a bare --lifetimes after the "
-            "paths (before a path, it would take the path as MODE)."
+            "'lifetimes'. Every spelling works: --lifetimes, --lifetimes=always-on, "
+            "--lifetimes tests/ (a path after it stays a path), --lifetimes -n 2."
         ),
     )
     group.addoption(
@@ -93,7 +174,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="P",
         help="always-on mode: the probability of tracking a window of ops at each "
-        "synchronization (default: esper_lifetimes' own, 0.01)",
+        "synchronization (default in a test run: 1, every window: a test is short)",
     )
     parser.addini(
         "lifetimes",
@@ -133,14 +214,11 @@ def _global_mode(config: pytest.Config) -> str:
     if value is None:
         value = config.getini("lifetimes")
         where = "the ini option 'lifetimes'"
-    mode = str(value).strip().lower() or "off"
-    if mode not in MODES:
+    mode = _mode_word(str(value)) or ("off" if not str(value).strip() else None)
+    if mode is None:
         hint = ""
         if where == "--lifetimes" and (os.path.exists(str(value)) or "::" in str(value)):
-            hint = (
-                f" ({value!r} looks like a test path: write --lifetimes=full before the "
-                "paths, or put --lifetimes after them)"
-            )
+            hint = f" ({value!r} looks like a test path: write --lifetimes=full before it)"
         raise pytest.UsageError(
             f"esper-lifetimes: {where} got {value!r}; expected one of {', '.join(MODES)}{hint}"
         )
@@ -158,6 +236,8 @@ def _kinds(value: Any, where: str) -> frozenset[str]:
         raise pytest.UsageError(
             f"esper-lifetimes: {where} must be a list of hazard kinds, got {value!r}"
         ) from None
+    if not kinds:
+        return frozenset()  # nothing to check: the engine's list of kinds stays unloaded
     known = vocab.KIND_NAMES
     unknown = sorted(k for k in kinds if k not in known)
     if unknown:
@@ -262,8 +342,10 @@ class _AlwaysOnBackend(_Backend):
 
     def open(self) -> _Region:
         if self._run is None:
-            kwargs: dict[str, Any] = {} if self._sample is None else {"sample": self._sample}
-            self._run = self._enable(mode=self.mode, **kwargs)
+            # A test is short: in a test run every window is tracked unless told otherwise
+            # (at a production rate most tests would go unchecked).
+            sample = 1.0 if self._sample is None else self._sample
+            self._run = self._enable(mode=self.mode, sample=sample)
         # The start of a test is a barrier: the window of ops it opens (with probability
         # `sample`) then belongs to this test, not to whatever ran before it.
         barrier = getattr(self._run, "barrier", None) or getattr(self._run, "_barrier", None)
@@ -317,10 +399,38 @@ class _Region:
         self._seen = len(hazards)
         return new
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._cm.__exit__(None, None, None)
+    def close(self) -> bool:
+        """Ends the test's region. True when the tracker *lingers*: storages it watches
+        are still alive (a module- or session-scoped fixture's, a cache's), so it stays
+        watching them, detached, and their frees are judged later (:meth:`sweep`)."""
+        if self.closed:
+            return False
+        self.closed = True
+        tr = self.tracker
+        if getattr(tr, "_state", None) == "active" and self.live_storages():
+            try:
+                tr._detach()
+            finally:
+                tr._state = "closed"
+            self.flush()
+            return True
+        self._cm.__exit__(None, None, None)
+        return False
+
+    def flush(self) -> None:
+        eng = getattr(self.tracker, "engine", None)
+        flush = getattr(eng, "flush", None)
+        if flush is not None:
+            flush()
+
+    def sweep(self, final: bool = False) -> bool:
+        """A lingering region: takes the verdict on the frees seen since the last sweep.
+        True when it is done (nothing it watches is alive, or ``final``): closed then."""
+        self.flush()
+        if final or not self.live_storages():
+            self.tracker._close()
+            return True
+        return False
 
     def report(self, hazards: list[Any]) -> str:
         return str(self.tracker.report(hazards))
@@ -359,6 +469,8 @@ class _Window(_Region):
             _free_key(h) for h in hazards if h.kind == "unsynced-free" and _free_key(h)
         }
         self._diags = len(self._all_diagnostics())
+        count = getattr(tracker, "ops_checked", None)
+        self._ops0 = int(count()) if count is not None else 0
 
     def new_hazards(self) -> list[Any]:
         """Hazards first found, or found again (a higher count), since the last call."""
@@ -369,11 +481,22 @@ class _Window(_Region):
         earlier = self._earlier_frees
         return [h for h in new if not (h.kind == "reuse-race" and _free_key(h) in earlier)]
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """The end of the test: the run's engine takes its verdict on the frees still
+        pending (a module fixture's teardown frees, judged with this test)."""
         self.closed = True
+        self.flush()
+        return False
 
     def live_storages(self) -> int:
         return 0  # no full collection per test: always-on stays cheap
+
+    def ops_checked(self) -> int:
+        """Ops of this test's windows that the run's tracker checked."""
+        count = getattr(self.tracker, "ops_checked", None)
+        if count is None:
+            return -1
+        return int(count()) - self._ops0
 
     def _all_diagnostics(self) -> list[str]:
         return list(getattr(self.tracker, "diagnostics", ()) or ())
@@ -396,9 +519,11 @@ class _TestState:
     advice: list[list[str]] = field(default_factory=list)
     internal: list[str] = field(default_factory=list)
     call_exc: BaseException | None = None
+    ops: int = -1  # always-on: ops of the test that were checked (-1: full tracking)
 
 
 _STATE = pytest.StashKey[_TestState]()
+_MAX_LINGERING = 256  # regions kept watching past their test; the oldest is closed first
 
 
 def _internal_text(where: str, exc: BaseException) -> str:
@@ -432,6 +557,13 @@ class LifetimesPlugin:
         self.failed = 0
         self.advice: dict[str, tuple[str, list[str]]] = {}  # key -> (text, nodeids)
         self.internal: list[str] = []
+        self.ops = 0  # always-on: ops checked over every tracked test
+        self.unsampled = 0  # always-on: tracked tests of which no op was checked
+        # Regions of earlier tests whose storages are still alive (held by a module- or
+        # session-scoped fixture, a cache): their frees are judged at each later test's
+        # end, and charged to that test; oldest first, bounded.
+        self._lingering: list[tuple[_Region, str]] = []
+        self.after_last: list[str] = []  # hazards found after the last test
 
     # -- modes ------------------------------------------------------------------------
 
@@ -466,8 +598,8 @@ class LifetimesPlugin:
         if self.mode == "off":
             return None
         line = f"esper-lifetimes: {self.mode} tracking of every test"
-        if self.mode == "always-on" and self.sample is not None:
-            line += f" (sample {self.sample})"
+        if self.mode == "always-on":
+            line += f" (sample {1.0 if self.sample is None else self.sample})"
         if self.allow:
             line += f", allowed: {', '.join(sorted(self.allow))}"
         b = self._backends.get(self.mode)
@@ -513,6 +645,14 @@ class LifetimesPlugin:
             state.call_exc = exc
             text = self._check(item, state, collect=False)
             if text:
+                if isinstance(exc, pytest.skip.Exception):
+                    # a skipped test's report sections are never shown: the hazard
+                    # would be counted and never named. A hazard is not skipped.
+                    pytest.fail(
+                        f"{text}\n(The test then called pytest.skip({str(exc)!r}): the "
+                        "hazard it left behind before that still fails it.)",
+                        pytrace=False,
+                    )
                 item.add_report_section("call", "esper-lifetimes", text)
             raise
         text = self._check(item, state, collect=True)
@@ -552,6 +692,7 @@ class LifetimesPlugin:
                     "errors": state.errors,
                     "advice": list(state.advice),
                     "internal": list(state.internal),
+                    "ops": state.ops,
                 }
         return report
 
@@ -564,6 +705,10 @@ class LifetimesPlugin:
         try:
             if collect:
                 gc.collect(1)  # the young generations: cheap; the full collection waits
+            # the end of the test's own code: the frees still pending are judged now (with
+            # the clocks of this moment), so that the body's hazards fail the test itself
+            # rather than its teardown
+            region.flush()
             return self._verdict(state, region, region.new_hazards(), "")
         except Exception as exc:
             state.internal.append(_internal_text(f"{item.nodeid}: checking after the call", exc))
@@ -580,7 +725,9 @@ class LifetimesPlugin:
             gc.collect(1)
             if region.live_storages():
                 gc.collect()
-            region.close()
+            lingers = region.close()
+            if isinstance(region, _Window):
+                state.ops = region.ops_checked()
             text = self._verdict(
                 state,
                 region,
@@ -589,7 +736,14 @@ class LifetimesPlugin:
             )
             for d in region.diagnostics():
                 state.internal.append(f"{item.nodeid}: tracker diagnostic: {d}")
-            return text
+            texts = [text] if text else []
+            texts.extend(self._sweep(item, state))
+            if lingers:
+                self._lingering.append((region, item.nodeid))
+                while len(self._lingering) > _MAX_LINGERING:
+                    old, _ = self._lingering.pop(0)
+                    old.sweep(final=True)
+            return "\n\n".join(texts) or None
         except Exception as exc:
             state.internal.append(_internal_text(f"{item.nodeid}: closing the region", exc))
             try:
@@ -597,6 +751,33 @@ class LifetimesPlugin:
             except Exception:
                 pass
             return None
+
+    def _sweep(self, item: pytest.Item | None, state: _TestState | None) -> list[str]:
+        """Verdicts of the lingering regions of earlier tests: what the current test (or,
+        with ``item`` None, the end of the run) freed of their storages."""
+        texts: list[str] = []
+        keep = []
+        final = item is None
+        for region, nodeid in self._lingering:
+            try:
+                done = region.sweep(final)
+                hazards = region.new_hazards()
+            except Exception as exc:
+                self.internal.append(_internal_text(f"{nodeid}: lingering region", exc))
+                continue
+            if not done:
+                keep.append((region, nodeid))
+            if not hazards:
+                continue
+            when = f" (storages registered while {nodeid} ran, freed " + (
+                "during this test or its teardown)" if not final else "after the last test)"
+            )
+            st = state if state is not None else _TestState("full", self.allow)
+            text = self._verdict(st, region, hazards, when)
+            if text:
+                texts.append(text)
+        self._lingering = keep
+        return texts
 
     @staticmethod
     def _release_test(item: pytest.Item, state: _TestState) -> None:
@@ -667,9 +848,31 @@ class LifetimesPlugin:
             self.tracked += 1
         if data.get("errors"):
             self.failed += 1
+        ops = data.get("ops", -1)
+        if isinstance(ops, int) and ops >= 0:
+            self.ops += ops
+            if ops == 0:
+                self.unsampled += 1
         for key, text in data.get("advice", ()):
             self.advice.setdefault(key, (text, []))[1].append(report.nodeid)
         self.internal.extend(data.get("internal", ()))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: Any) -> None:
+        """The end of the run: the frees of what earlier tests left alive (module globals,
+        caches) are judged now; an error hazard among them fails the run."""
+        if not self._lingering:
+            return
+        try:
+            gc.collect()
+            texts = self._sweep(None, None)
+        except Exception as exc:
+            self.internal.append(_internal_text("end of the run", exc))
+            return
+        if texts:
+            self.after_last.extend(texts)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         for b in self._backends.values():
@@ -710,10 +913,25 @@ class LifetimesPlugin:
             )
             for text in self.internal:
                 tr.write_line(text)
+        if self.after_last:
+            tr.write_sep("=", "esper-lifetimes: hazards found after the last test", red=True)
+            for text in self.after_last:
+                tr.write_line(text)
         if self.tracked:
             msg = f"esper-lifetimes: {self.tracked} test{'s' * (self.tracked != 1)} tracked"
+            if self.mode == "always-on" or self.ops:
+                msg += f" (always-on: {self.ops} op{'s' * (self.ops != 1)} checked"
+                if self.unsampled:
+                    msg += (
+                        f"; {self.unsampled} test{'s' * (self.unsampled != 1)} with no op checked"
+                    )
+                    if self.sample is not None and self.sample < 1:
+                        msg += f" at sample {self.sample}: raise --lifetimes-sample"
+                msg += ")"
             if self.failed:
                 msg += f", {self.failed} with stream hazards"
+            if self.after_last:
+                msg += ", hazards after the last test"
             tr.write_line(msg)
 
 
@@ -727,7 +945,9 @@ def lifetimes(request: pytest.FixtureRequest) -> Any:
 
     Asking for it switches full tracking on for the test when the run has it off. It is
     ``None`` under ``@pytest.mark.lifetimes(mode="off")``. Hazards still fail the test
-    unless allowed: to assert on a hazard, allow its kind with the marker.
+    unless allowed: to assert on a hazard, allow its kind with the marker. A free is
+    judged when its block can next be handed out: call ``lifetimes.engine.flush()`` to
+    have the pending ones judged before asserting.
     """
     state = request.node.stash.get(_STATE, None)
     if state is None or state.region is None:
