@@ -663,6 +663,7 @@ class ReferenceModel:
             if self._ordered(c.stream, c.position, stream):
                 self.rules["copy against copy, ordered"] += 1
                 continue
+            self.rules["copy against copy: race"] += 1
             self._report(
                 HazardRecord(
                     kind=UNSYNCED_ACCESS,

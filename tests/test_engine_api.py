@@ -1,8 +1,10 @@
 """Focused tests of the engine's Python API (docs/ENGINE-API.md).
 
 Every trace here is raw engine calls written by hand: the worked example of
-SEMANTICS.md, the public scenarios P1-P12 (shared/scenarios/PUBLIC.md) and their fixes,
-deduplication, liveness, messages, bad input, the bulk path and threads.
+SEMANTICS.md, the public scenarios P1-P18 (shared/scenarios/PUBLIC.md) and their fixes,
+deferred frees and flush, unwaited allocations, adopt, copy against copy on host memory,
+per-site advice, virtual-stream reuse, deduplication, liveness, messages, bad input, the
+bulk path and threads.
 
 Conventions: D is the default stream, S and S2 side streams, X/Y/Z device storages,
 H a host buffer. The `write` of a factory op (randn, zeros, ...) is an access on the
@@ -11,6 +13,7 @@ stream that allocated it.
 
 from __future__ import annotations
 
+import pickle
 import re
 import threading
 
@@ -51,6 +54,7 @@ HAZARD_FIELDS = (
 )
 STATS_KEYS = {
     "live_storages",
+    "pending_frees",
     "freed_tracked",
     "streams",
     "events",
@@ -94,9 +98,11 @@ def test_worked_example_reports_unsynced_free_and_reuse_race():
     e = Engine()
     p1_prefix(e)
     e.free(X, "ex.py:4")
-    assert kinds(e) == ["unsynced-free"]
+    assert kinds(e) == []  # pending: judged when its bytes can next be handed out
+    assert e.stats()["pending_frees"] == 1
     e.alloc(X, N, D, "ex.py:5")
     assert kinds(e) == ["unsynced-free", "reuse-race"]
+    assert e.stats()["pending_frees"] == 0
     free, reuse = e.hazards()
     fields(
         free,
@@ -109,10 +115,10 @@ def test_worked_example_reports_unsynced_free_and_reuse_race():
         use_stream=S,
         use_site="ex.py:3",
         free_site="ex.py:4",
-        other_stream=None,
-        other_site=None,
-        other_ptr=None,
-        other_nbytes=None,
+        other_stream=D,  # the allocation that judged it
+        other_site="ex.py:5",
+        other_ptr=X,
+        other_nbytes=N,
         live=None,
     )
     fields(
@@ -183,6 +189,7 @@ def test_p1_fixes_make_free_and_reuse_safe(fix):
     P1_FIXES[fix](e)
     e.free(X, "ex.py:4")
     e.alloc(X, N, D, "ex.py:5")
+    e.flush()
     assert e.hazards() == []  # one protection alone is never redundant
 
 
@@ -197,6 +204,7 @@ def test_event_recorded_before_the_use_does_not_cover_it():
     e2.event_wait(7, D)
     e2.event_synchronize(7)
     e2.free(X, "ex.py:4")
+    e2.flush()
     assert kinds(e2) == ["unsynced-free"]
 
 
@@ -207,6 +215,7 @@ def test_re_recording_an_event_replaces_its_clock():
     e.event_record(7, S2)  # re-recorded on an idle stream: no longer covers it
     e.event_wait(7, D)
     e.free(X, "ex.py:4")
+    e.flush()
     assert kinds(e) == ["unsynced-free"]
 
 
@@ -215,6 +224,7 @@ def test_current_stream_at_free_does_not_matter_only_allocation_stream_waits():
     p1_prefix(e)
     e.stream_wait(S2, S)  # S2 waited on s, but X was allocated on D
     e.free(X, "ex.py:4")
+    e.flush()
     assert kinds(e) == ["unsynced-free"]
 
 
@@ -226,6 +236,8 @@ def test_p4_record_stream_plus_wait_or_sync_is_redundant_advice(second):
     P1_FIXES[second](e)
     e.free(X, "ex.py:4")
     e.alloc(X, N, D, "ex.py:5")
+    assert e.hazards() == []  # advice is given at flush, once the site's every run is known
+    e.flush()
     assert e.error_count() == 0
     adv = only(e, "redundant-record-stream")
     fields(
@@ -242,15 +254,18 @@ def test_p4_record_stream_plus_wait_or_sync_is_redundant_advice(second):
     )
 
 
-def test_p5_record_stream_on_allocation_stream_is_immediate_advice():
+def test_p5_record_stream_on_allocation_stream_is_advice_at_flush():
     e = Engine()
     e.alloc(X, N, D, "ex.py:1")
     e.record_stream(X + 100, D, "ex.py:2")  # an interior pointer names the storage too
+    assert e.hazards() == []
+    e.flush()
     adv = only(e, "redundant-record-stream")
-    fields(adv, severity="advice", ptr=X, nbytes=N, alloc_stream=D, use_stream=D)
+    fields(adv, severity="advice", count=1, ptr=X, nbytes=N, alloc_stream=D, use_stream=D)
     fields(adv, use_site="ex.py:2", free_site=None, live=None)
     assert e.error_count() == 0
     e.free(X, "ex.py:3")  # D was never added to the record set: nothing more at the free
+    e.flush()
     assert e.hazard_count() == 1
 
 
@@ -259,17 +274,20 @@ def test_recording_a_stream_twice_is_advice():
     p1_prefix(e)
     e.record_stream(X, S, "ex.py:2")
     e.record_stream(X, S, "ex.py:7")
+    e.free(X, "ex.py:4")  # s's read is uncovered: the first record is needed
+    e.flush()
     adv = only(e, "redundant-record-stream")
     fields(adv, use_stream=S, use_site="ex.py:7", free_site=None)
-    e.free(X, "ex.py:4")  # s's read is uncovered: the first record is needed
     assert e.error_count() == 0 and e.hazard_count() == 1
 
 
-def test_recorded_stream_that_never_used_the_storage_is_advice_at_free():
+def test_recorded_stream_that_never_used_the_storage_is_advice_judged_at_free():
     e = Engine()
     e.alloc(X, N, D, "ex.py:1")
     e.record_stream(X, S, "ex.py:2")
-    e.free(X, "ex.py:4")
+    e.free(X, "ex.py:4")  # nothing uncovered: judged at once, the advice waits for flush
+    assert e.hazards() == [] and e.stats()["pending_frees"] == 0
+    e.flush()
     fields(
         only(e, "redundant-record-stream"), use_stream=S, use_site="ex.py:2", free_site="ex.py:4"
     )
@@ -281,6 +299,7 @@ def test_advice_at_free_follows_record_order():
     e.record_stream(X, S2, "ex.py:2")
     e.record_stream(X, S, "ex.py:3")
     e.free(X, "ex.py:4")
+    e.flush()
     assert [(h.use_stream, h.use_site) for h in e.hazards()] == [(S2, "ex.py:2"), (S, "ex.py:3")]
 
 
@@ -294,6 +313,8 @@ def test_p6_side_producer_main_consumer_freed_into_side_pool():
     e.stream_wait(D, S)
     e.access(X, N, D, False, "train.py:20")  # out = model(t)
     e.free(X, "train.py:21")  # del t
+    assert e.hazards() == []
+    e.alloc(Y, N, S, "data.py:10")  # the next batch, on s: X's block may go to it
     fields(
         only(e, "unsynced-free"),
         alloc_stream=S,
@@ -301,6 +322,10 @@ def test_p6_side_producer_main_consumer_freed_into_side_pool():
         alloc_site="data.py:10",
         use_site="train.py:20",
         free_site="train.py:21",
+        other_stream=S,
+        other_site="data.py:10",
+        other_ptr=Y,
+        other_nbytes=N,
     )
     assert e.error_count() == 1
 
@@ -313,6 +338,8 @@ def test_p6_fixed_by_s_waiting_on_d():
     e.access(X, N, D, False, "train.py:20")
     e.stream_wait(S, D)
     e.free(X, "train.py:21")
+    assert e.stats()["pending_frees"] == 0  # covered at the free: judged at once
+    e.flush()
     assert e.hazards() == []
 
 
@@ -324,6 +351,7 @@ def test_p7_storage_released_by_resize_while_side_stream_copies_from_it():
     e.access(X, N, S, False, "opt.py:3")  # host_buf.copy_(g, non_blocking=True) reads g on s
     e.copy_to_host(H, N, S, "opt.py:3")
     e.free(X, "opt.py:4")  # g.untyped_storage().resize_(0)
+    e.flush()
     fields(only(e, "unsynced-free"), use_stream=S, use_site="opt.py:3", free_site="opt.py:4")
 
 
@@ -339,6 +367,7 @@ def p8(e, fixed):
         e.record_stream(X, S, "p8.py:6")  # v1.record_stream(s)
         e.record_stream(X + half, S2, "p8.py:7")  # v2.record_stream(s2): an interior pointer
     e.free(X, "p8.py:8")  # del batch, v1, v2
+    e.flush()
 
 
 def test_p8_views_read_on_two_streams_base_freed_early():
@@ -365,6 +394,7 @@ def test_unsynced_free_lists_streams_in_order_of_first_use():
     e.access(X, N, S, False, "o.py:3")
     e.access(X, N, S2, False, "o.py:4")  # s2's latest use: its place stays first
     e.free(X, "o.py:5")
+    e.flush()
     assert [(h.use_stream, h.use_site) for h in e.hazards() if h.kind == "unsynced-free"] == [
         (S2, "o.py:4"),
         (S, "o.py:3"),
@@ -379,6 +409,7 @@ def test_only_latest_use_per_stream_counts_at_free():
     e.access(X, N, S, True, "u.py:3")
     e.event_wait(3, D)  # covers the first use only
     e.free(X, "u.py:4")
+    e.flush()
     fields(only(e, "unsynced-free"), use_site="u.py:3")
 
 
@@ -478,6 +509,7 @@ def test_p10_accumulator_recorded_waited_and_synced_before_item():
     e.access(X, 4, D, False, "acc.py:5")  # acc.item(): a read on the current stream
     e.stream_synchronize(D)
     e.free(X, "acc.py:6")
+    e.flush()
     assert e.error_count() == 0
     # the sync made the record unnecessary: advice, never an error
     fields(only(e, "redundant-record-stream"), use_site="acc.py:2", free_site="acc.py:6")
@@ -569,6 +601,7 @@ def test_non_virtual_stream_use_has_unknown_liveness():
     e.define_stream(S, "side", virtual=False)
     p1_prefix(e)
     e.free(X, "ex.py:4")
+    e.flush()
     assert only(e, "unsynced-free").live is None
 
 
@@ -577,6 +610,7 @@ def test_stream_query_false_makes_the_latest_work_live():
     p1_prefix(e)
     e.stream_query(S, False)
     e.free(X, "ex.py:4")
+    e.flush()
     assert only(e, "unsynced-free").live is True
 
 
@@ -586,6 +620,7 @@ def test_stream_query_false_before_the_use_says_nothing_about_it():
     e.stream_query(S, False)
     e.access(X, N, S, False, "ex.py:3")
     e.free(X, "ex.py:4")
+    e.flush()
     assert only(e, "unsynced-free").live is None
 
 
@@ -599,6 +634,7 @@ def test_event_query_false_window_covers_work_since_the_record():
     e.event_query(9, False)
     e.free(X, "q.py:5")
     e.free(Y, "q.py:6")
+    e.flush()  # pending frees are judged in the order they were freed
     assert [(h.use_site, h.live) for h in e.hazards()] == [("q.py:3", True), ("q.py:4", True)]
 
 
@@ -612,6 +648,7 @@ def test_event_query_false_window_starts_at_the_recorded_position():
     e.event_query(9, False)  # window (2, 2)
     e.free(X, "q.py:5")
     e.free(Y, "q.py:6")
+    e.flush()
     assert [(h.use_site, h.live) for h in e.hazards()] == [("q.py:3", None), ("q.py:4", True)]
 
 
@@ -646,7 +683,10 @@ def test_no_reuse_race_when_new_allocation_stream_waited_on_the_use():
     p1_prefix(e)
     e.free(X, "ex.py:4")
     e.stream_wait(S2, S)
-    e.alloc(X, N, S2, "ex.py:5")
+    e.alloc(X, N, S2, "ex.py:5")  # on another stream: not the verdict of X's free
+    assert kinds(e) == []
+    e.flush()
+    fields(only(e, "unsynced-free"), other_stream=None, other_site=None, other_ptr=None)
     assert kinds(e) == ["unsynced-free"]
 
 
@@ -654,16 +694,18 @@ def test_no_reuse_race_after_host_synced_the_use():
     e = Engine()
     p1_prefix(e)
     e.free(X, "ex.py:4")
+    e.alloc(Y, N, D, "ex.py:6")  # the verdict: unsynced-free
     e.stream_synchronize(S)
-    e.alloc(X, N, D, "ex.py:5")
+    e.alloc(X, N, D, "ex.py:5")  # the use is known complete now: no corruption
     assert kinds(e) == ["unsynced-free"]
 
 
 def test_repeated_hazard_with_same_sites_is_counted_not_duplicated():
     e = Engine()
     for _ in range(5):
-        p1_prefix(e)
+        p1_prefix(e)  # its allocation judges the previous round's free
         e.free(X, "ex.py:4")
+    e.flush()  # the last round's: other_site None, still the same report
     assert [(h.kind, h.count) for h in e.hazards()] == [("unsynced-free", 5), ("reuse-race", 4)]
     assert e.hazard_count() == 2 and e.stats()["hazards"] == 2
 
@@ -676,6 +718,7 @@ def test_dedup_keeps_first_occurrence_details():
     e.alloc(Y, 2 * N, D, "k.py:1")  # same sites, other storage
     e.access(Y, 2 * N, S, False, "k.py:2")
     e.free(Y, "k.py:3")
+    e.flush()
     h = only(e, "unsynced-free")
     assert (h.count, h.ptr, h.nbytes) == (2, X, N)
 
@@ -688,11 +731,13 @@ def test_dedup_keeps_first_details_but_live_if_any_repeat_was_live():
     e.alloc(X, 8, D)
     e.access(X, 8, S2, False, "a.py:1")  # S2 is not virtual: live unknown
     e.free(X)
+    e.flush()
     h = only(e, "unsynced-free")
     assert h.live is None
     e.alloc(Y, 8, D)
     e.access(Y, 8, S, False, "a.py:1")  # same sites, on the virtual stream
     e.free(Y)
+    e.flush()
     h = only(e, "unsynced-free")
     assert (h.count, h.ptr, h.use_stream) == (2, X, S2)
     assert h.live is True, h.to_dict()
@@ -719,6 +764,7 @@ def test_site_less_hazards_are_merged_only_for_same_pointer_and_streams():
     e.alloc(Z, N, D)
     e.access(Z, N, S2, False)
     e.free(Z)
+    e.flush()
     frees = [h for h in e.hazards() if h.kind == "unsynced-free"]
     assert [(h.ptr, h.use_stream, h.count) for h in frees] == [(X, S, 2), (Y, S, 1), (Z, S2, 1)]
 
@@ -729,6 +775,7 @@ def test_different_use_site_is_a_different_hazard():
         e.alloc(X, N, D, "a.py:0")
         e.access(X, N, S, False, site)
         e.free(X, "a.py:9")
+    e.flush()
     frees = [h for h in e.hazards() if h.kind == "unsynced-free"]
     assert [(h.use_site, h.count) for h in frees] == [("a.py:1", 1), ("a.py:2", 1)]
 
@@ -755,6 +802,7 @@ def test_interned_site_is_reported_as_its_string():
     e.alloc(X, N, D, a)
     e.access(X, N, S, False, b)
     e.free(X, c)
+    e.flush()
     fields(only(e, "unsynced-free"), alloc_site="i.py:1", use_site="i.py:2", free_site="i.py:3")
 
 
@@ -762,6 +810,7 @@ def test_hazard_is_immutable_and_to_dict_has_every_field():
     e = Engine()
     p1_prefix(e)
     e.free(X, "ex.py:4")
+    e.flush()
     h = e.hazards()[0]
     with pytest.raises((AttributeError, TypeError)):
         h.count = 99
@@ -780,7 +829,7 @@ def test_message_names_streams_sites_and_storage():
     free, reuse = e.hazards()
     assert re.search(r"unsynced[- ]free", free.message), free.message
     assert re.search(r"reuse[- ]race", reuse.message), reuse.message
-    for text in ("ex.py:1", "ex.py:3", "ex.py:4", "side"):
+    for text in ("ex.py:1", "ex.py:3", "ex.py:4", "ex.py:5", "side"):
         assert text in free.message, (text, free.message)
     for text in ("ex.py:1", "ex.py:3", "ex.py:4", "ex.py:5", "side"):
         assert text in reuse.message, (text, reuse.message)
@@ -804,7 +853,8 @@ def test_exotic_handles_round_trip():
     e.alloc(X, N, big, "x.py:1")
     e.access(X, N, neg, False, "x.py:2")
     e.free(X, "x.py:3")
-    fields(only(e, "unsynced-free"), alloc_stream=big, use_stream=neg)
+    e.alloc(Z, N, big, "x.py:4")  # the verdict, named by the allocation on `big`
+    fields(only(e, "unsynced-free"), alloc_stream=big, use_stream=neg, other_stream=big)
     assert e.storage_at(X) is None
     e.alloc(Y, N, neg)
     assert e.storage_at(Y + 1) == (Y, N, neg)
@@ -817,6 +867,7 @@ def test_events_and_streams_are_separate_name_spaces():
     e.event_record(S, D)  # event number 1 recorded on D: says nothing about stream 1
     e.event_wait(S, D)
     e.free(X, "n.py:3")
+    e.flush()
     assert kinds(e) == ["unsynced-free"]
     assert (e.stats()["streams"], e.stats()["events"]) == (2, 1)
 
@@ -836,7 +887,701 @@ def test_waiting_on_never_recorded_event_is_a_no_op():
     h = only(e, "unsynced-access")
     assert h.live is None
     e.free(X, "p9.py:4")
+    e.flush()
     assert e.error_count() == 2
+
+
+# ------------------------------------- deferred frees: the verdict at the next alloc
+
+
+def test_deferred_free_is_judged_at_the_next_alloc_on_the_allocation_stream():
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    assert e.hazards() == [] and e.stats()["pending_frees"] == 1
+    e.alloc(Y, 2 * N, D, "ex.py:6")  # any size, any address on D: the block may go there
+    h = only(e, "unsynced-free")
+    fields(
+        h,
+        severity="error",
+        count=1,
+        ptr=X,
+        nbytes=N,
+        alloc_stream=D,
+        alloc_site="ex.py:1",
+        use_stream=S,
+        use_site="ex.py:3",
+        free_site="ex.py:4",
+        other_stream=D,
+        other_site="ex.py:6",
+        other_ptr=Y,
+        other_nbytes=2 * N,
+        live=None,
+    )
+    assert kinds(e) == ["unsynced-free"]  # Y does not overlap X: no reuse-race
+    assert e.stats()["pending_frees"] == 0
+    e.flush()  # judged once only
+    assert kinds(e) == ["unsynced-free"] and h.count == 1
+
+
+COVERS_AFTER_THE_FREE = {
+    "D.wait_stream(s)": lambda e: e.stream_wait(D, S),
+    "s.synchronize()": lambda e: e.stream_synchronize(S),
+    "device synchronize": lambda e: e.device_synchronize(),
+    "event on s waited by D": lambda e: (e.event_record(7, S), e.event_wait(7, D)),
+    "event on s synchronized": lambda e: (e.event_record(7, S), e.event_synchronize(7)),
+    "s.query() True": lambda e: e.stream_query(S, True),
+    "through a third stream": lambda e: (e.stream_wait(S2, S), e.stream_wait(D, S2)),
+}
+
+
+@pytest.mark.parametrize("cover", list(COVERS_AFTER_THE_FREE))
+def test_deferred_free_covered_before_the_next_alloc_is_clean(cover):
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    COVERS_AFTER_THE_FREE[cover](e)
+    e.alloc(X, N, D, "ex.py:5")  # over the freed bytes: no unsynced-free, no reuse-race
+    e.flush()
+    assert e.hazards() == []
+    assert e.stats()["pending_frees"] == 0
+
+
+@pytest.mark.parametrize(
+    "not_a_cover",
+    [
+        lambda e: e.stream_wait(S, D),  # the wrong way round
+        lambda e: e.stream_wait(S2, S),  # another stream waited, not the allocation stream
+        lambda e: e.stream_synchronize(D),  # the host waited for D, not for s
+        lambda e: e.stream_query(S, False),  # s is still busy
+    ],
+)
+def test_deferred_free_not_covered_by_the_wrong_ordering(not_a_cover):
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    not_a_cover(e)
+    e.alloc(Y, N, D, "ex.py:6")
+    fields(only(e, "unsynced-free"), use_stream=S, other_site="ex.py:6", other_ptr=Y)
+
+
+def test_cover_after_the_verdict_does_not_undo_it():
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    e.alloc(Y, N, D, "ex.py:6")
+    e.stream_wait(D, S)
+    e.flush()
+    assert [(h.kind, h.count) for h in e.hazards()] == [("unsynced-free", 1)]
+
+
+def test_alloc_or_adopt_on_another_stream_does_not_judge_a_pending_free():
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    e.alloc(Y, N, S2, "ex.py:6")  # S2's pool never holds X's block
+    e.alloc(Z, N, S, "ex.py:7")  # nor does s's, the stream that used it
+    e.adopt(Z + N, N, D, "ex.py:8")  # adopt takes no verdict, even on D
+    assert e.hazards() == [] and e.stats()["pending_frees"] == 1
+    e.stream_wait(D, S)  # still in time: the next allocation on D is after this
+    e.alloc(X, N, D, "ex.py:5")
+    e.flush()
+    assert e.hazards() == []
+
+
+def test_flush_judges_every_pending_free_in_free_order():
+    e = Engine()
+    e.alloc(X, N, D, "f.py:1")
+    e.alloc(Y, N, S, "f.py:3")
+    e.alloc(Z, N, D, "f.py:5")
+    e.access(X, N, S, False, "f.py:2")
+    e.access(Y, N, D, False, "f.py:4")
+    e.access(Z, N, S2, False, "f.py:6")
+    e.free(Y, "f.py:7")
+    e.free(Z, "f.py:8")
+    e.free(X, "f.py:9")
+    assert e.hazards() == [] and e.stats()["pending_frees"] == 3
+    e.flush()
+    assert [(h.kind, h.ptr, h.use_site, h.free_site) for h in e.hazards()] == [
+        ("unsynced-free", Y, "f.py:4", "f.py:7"),
+        ("unsynced-free", Z, "f.py:6", "f.py:8"),
+        ("unsynced-free", X, "f.py:2", "f.py:9"),
+    ]
+    for h in e.hazards():
+        fields(h, other_stream=None, other_site=None, other_ptr=None, other_nbytes=None)
+    assert e.stats()["pending_frees"] == 0
+    e.flush()  # nothing left to judge
+    assert e.hazard_count() == 3
+
+
+def test_alloc_judges_only_the_pending_frees_of_its_stream_in_free_order():
+    e = Engine()
+    e.alloc(X, N, D, "g.py:1")
+    e.alloc(Y, N, S, "g.py:3")
+    e.alloc(Z, N, D, "g.py:5")
+    e.access(X, N, S, False, "g.py:2")
+    e.access(Y, N, D, False, "g.py:4")
+    e.access(Z, N, S2, False, "g.py:6")
+    e.free(Z, "g.py:7")
+    e.free(Y, "g.py:8")
+    e.free(X, "g.py:9")
+    e.alloc(Z, N, D, "g.py:10")  # judges Z's and X's frees (allocated on D), not Y's
+    assert [(h.kind, h.ptr, h.other_site) for h in e.hazards()] == [
+        ("unsynced-free", Z, "g.py:10"),
+        ("unsynced-free", X, "g.py:10"),
+        ("reuse-race", Z, "g.py:10"),
+    ]
+    assert e.stats()["pending_frees"] == 1
+    e.alloc(X, N, S, "g.py:11")  # judges Y's free; X's old bytes, but s is X's use stream
+    assert [(h.kind, h.ptr, h.other_stream, h.other_site) for h in e.hazards()[3:]] == [
+        ("unsynced-free", Y, S, "g.py:11"),
+    ]
+
+
+def test_recorded_use_is_judged_at_the_verdict_not_the_free():
+    # record_stream alone: the free waits for its verdict; the record is needed then
+    e = Engine()
+    p1_prefix(e)
+    e.record_stream(X, S, "ex.py:2")
+    e.free(X, "ex.py:4")
+    assert e.stats()["pending_frees"] == 1
+    e.alloc(Y, N, D, "ex.py:6")
+    e.flush()
+    assert e.hazards() == []  # needed: no advice, and no error
+
+
+def test_prefetcher_p13_producer_waits_on_consumer_before_the_next_batch():
+    def run(fixed):
+        e = Engine()
+        slots = (X, Y)
+        for i in range(4):
+            batch = slots[i % 2]
+            e.alloc(batch, N, S, "pf.py:2")  # with stream(s): nxt = batch.to(dev, non_blocking)
+            e.access(batch, N, S, True, "pf.py:2")
+            e.stream_wait(D, S)  # D.wait_stream(s)
+            if i:
+                e.free(slots[(i - 1) % 2], "pf.py:3")  # cur = nxt: the previous batch freed
+            if fixed:
+                e.stream_wait(S, D)  # s.wait_stream(D)
+            e.access(batch, N, D, False, "pf.py:5")  # out = model(cur)
+        e.stream_synchronize(D)  # loss.item() at the end of the epoch
+        e.free(slots[3 % 2], "pf.py:3")
+        e.flush()
+        return e
+
+    assert run(fixed=True).hazards() == []
+    e = run(fixed=False)
+    assert [(h.kind, h.count) for h in e.hazards()] == [("unsynced-free", 2), ("reuse-race", 2)]
+    free, reuse = e.hazards()
+    fields(
+        free,
+        ptr=X,
+        nbytes=N,
+        alloc_stream=S,
+        alloc_site="pf.py:2",
+        use_stream=D,
+        use_site="pf.py:5",
+        free_site="pf.py:3",
+        other_stream=S,
+        other_site="pf.py:2",
+        other_ptr=X,
+        other_nbytes=N,
+    )
+    fields(reuse, ptr=X, use_stream=D, use_site="pf.py:5", other_stream=S, other_ptr=X)
+
+
+# ---------------------------------------------------------- unwaited-allocation
+
+
+def p14_prefix(e):
+    """tmp = randn(N) on D; r = tmp.sum(); del tmp; A = empty(N) on D."""
+    e.alloc(Y, N, D, "p14.py:1")
+    e.access(Y, N, D, True, "p14.py:1")
+    e.access(Y, N, D, False, "p14.py:1")
+    e.free(Y, "p14.py:1")  # only D used it: judged at once, safe
+    e.alloc(Y, N, D, "p14.py:2")  # may be tmp's block, with D's work still pending on it
+
+
+def test_p14_fresh_buffer_used_on_side_stream_without_wait_is_unwaited_allocation():
+    e = Engine()
+    p14_prefix(e)
+    e.access(Y, N, S, True, "p14.py:4")  # with stream(s): A.normal_()
+    h = only(e, "unwaited-allocation")
+    fields(
+        h,
+        severity="error",
+        count=1,
+        ptr=Y,
+        nbytes=N,
+        alloc_stream=D,
+        alloc_site="p14.py:2",
+        use_stream=S,
+        use_site="p14.py:4",
+        free_site=None,
+        other_stream=None,
+        other_site=None,
+        other_ptr=None,
+        other_nbytes=None,
+        live=None,
+    )
+    assert kinds(e) == ["unwaited-allocation"]
+    e.access(Y, N // 2, S, False, "p14.py:4")  # the same use again: counted
+    assert only(e, "unwaited-allocation").count == 2
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        lambda e: e.stream_wait(S, D),  # s.wait_stream(D) before the `with`
+        lambda e: (e.event_record(4, D), e.event_wait(4, S)),
+        lambda e: e.stream_synchronize(D),
+        lambda e: e.device_synchronize(),
+        lambda e: (e.stream_wait(S2, D), e.stream_wait(S, S2)),
+    ],
+)
+def test_p14_fixed_by_ordering_the_side_stream_after_the_allocation(order):
+    e = Engine()
+    p14_prefix(e)
+    order(e)
+    e.access(Y, N, S, True, "p14.py:4")
+    e.flush()
+    assert e.hazards() == []
+
+
+def test_unwaited_allocation_needs_pending_work_on_the_allocation_stream():
+    e = Engine()
+    e.alloc(X, N, D, "u.py:1")  # D has no work yet: nothing the block could still be in
+    e.access(X, N, S, True, "u.py:2")
+    assert e.hazards() == []
+    e.access(X, N, D, False, "u.py:3")  # work on D comes after the allocation: not it
+    assert kinds(e) == ["unsynced-access"]  # D's read after s's unordered write
+
+
+def test_unwaited_allocation_wait_before_the_allocation_is_not_enough():
+    e = Engine()
+    e.alloc(Z, N, D, "u.py:0")
+    e.access(Z, N, D, True, "u.py:0")  # D position 1
+    e.stream_wait(S, D)  # s is after D's position 1
+    e.access(Z, N, D, False, "u.py:0")  # D position 2
+    e.alloc(X, N, D, "u.py:1")  # allocated at D's position 2
+    e.access(X, N, S, False, "u.py:2")
+    fields(only(e, "unwaited-allocation"), ptr=X, alloc_site="u.py:1", use_site="u.py:2")
+
+
+def test_unwaited_allocation_gives_way_to_the_race_with_the_fill():
+    e = Engine()
+    p14_prefix(e)
+    e.access(Y, N, D, True, "p14.py:3")  # A.fill_(1) on D
+    e.access(Y, N, S, False, "p14.py:4")  # read on s: races with the fill
+    h = only(e, "unsynced-access")
+    fields(h, use_stream=S, use_site="p14.py:4", other_stream=D, other_site="p14.py:3")
+    assert kinds(e) == ["unsynced-access"]
+
+
+def test_unwaited_allocation_is_live_on_a_virtual_allocation_stream():
+    e = Engine()
+    e.define_stream(D, "main", virtual=True)
+    p14_prefix(e)
+    e.access(Y, N, S, True, "p14.py:4")
+    assert only(e, "unwaited-allocation").live is True
+
+
+# ------------------------------------------------------------------------ adopt
+
+
+def test_adopted_storage_is_never_judged_by_unwaited_allocation():
+    e = Engine()
+    e.alloc(Y, N, D, "a.py:1")
+    e.access(Y, N, D, True, "a.py:1")  # D has pending work
+    e.adopt(X, N, D, "a.py:2")  # a tensor made before tracking began
+    e.access(X, N, S, True, "a.py:3")  # used on s with no wait
+    assert e.hazards() == []
+    assert e.storage_at(X + 5) == (X, N, D)
+    e.alloc(Z, N, D, "a.py:4")  # the same on an allocation the tracker saw
+    e.access(Z, N, S, True, "a.py:5")
+    assert kinds(e) == ["unwaited-allocation"]
+
+
+def test_adopt_takes_no_verdicts_and_forgets_overlapping_freed_bytes():
+    e = Engine()
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    assert e.stats()["freed_tracked"] == 1
+    e.adopt(X, N, D, "ex.py:5")  # on D, over X's freed bytes
+    assert e.hazards() == []
+    assert e.stats()["pending_frees"] == 1  # not judged by adopt
+    assert e.stats()["freed_tracked"] == 0  # the bytes belong to the adopted storage now
+    e.free(X, "ex.py:6")
+    e.alloc(X, N, D, "ex.py:7")  # judges the first free: no reuse-race for the forgotten
+    assert kinds(e) == ["unsynced-free"]
+    fields(only(e, "unsynced-free"), free_site="ex.py:4", other_site="ex.py:7")
+
+
+def test_adopted_storage_is_checked_like_any_other():
+    e = Engine()
+    e.adopt(X, N, D, "a.py:1")
+    e.access(X, N, D, True, "a.py:2")
+    e.access(X, N, S, False, "a.py:3")  # unordered after D's write
+    fields(only(e, "unsynced-access"), alloc_site="a.py:1", other_site="a.py:2")
+    e.free(X, "a.py:4")
+    e.flush()
+    fields(only(e, "unsynced-free"), alloc_site="a.py:1", use_site="a.py:3", free_site="a.py:4")
+
+
+# ------------------------------------------- copy against copy on pinned host memory
+
+
+def test_p15_pinned_buffer_refilled_while_another_stream_copies_out_of_it():
+    e = Engine()
+    d2h, h2d = S, S2
+    e.copy_to_host(H, N, d2h, "off.py:2")  # with stream(d2h): buf.copy_(act, non_blocking)
+    e.stream_wait(h2d, d2h)
+    e.copy_from_host(H, N, h2d, "off.py:3")  # with stream(h2d): back = buf.to(dev, ...)
+    assert e.hazards() == []
+    e.copy_to_host(H, N, d2h, "off.py:4")  # the refill: no d2h.wait_stream(h2d)
+    h = only(e, "unsynced-access")
+    fields(
+        h,
+        severity="error",
+        count=1,
+        ptr=H,
+        nbytes=N,
+        alloc_stream=None,
+        alloc_site=None,
+        use_stream=d2h,
+        use_site="off.py:4",
+        other_stream=h2d,
+        other_site="off.py:3",
+        free_site=None,
+        other_ptr=None,
+        other_nbytes=None,
+        live=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        lambda e: e.stream_wait(S, S2),  # d2h.wait_stream(h2d)
+        lambda e: (e.event_record(6, S2), e.event_wait(6, S)),
+        lambda e: e.stream_synchronize(S2),
+        lambda e: e.device_synchronize(),
+    ],
+)
+def test_p15_fixed_by_ordering_the_refill_after_the_copy_out(order):
+    e = Engine()
+    e.copy_to_host(H, N, S, "off.py:2")
+    e.stream_wait(S2, S)
+    e.copy_from_host(H, N, S2, "off.py:3")
+    order(e)
+    e.copy_to_host(H, N, S, "off.py:4")
+    assert e.hazards() == []
+
+
+def test_copy_out_of_pinned_memory_before_the_copy_in_is_ordered_is_a_race():
+    e = Engine()
+    e.copy_to_host(H, N, S, "off.py:2")
+    e.copy_from_host(H + 64, 64, S2, "off.py:3")  # no h2d.wait_stream(d2h): overlaps
+    h = only(e, "unsynced-access")
+    fields(h, ptr=H + 64, nbytes=64, use_stream=S2, other_stream=S, other_site="off.py:2")
+
+
+def test_copies_that_only_read_host_memory_or_touch_other_bytes_do_not_race():
+    e = Engine()
+    e.copy_from_host(H, N, S, "c.py:1")
+    e.copy_from_host(H, N, S2, "c.py:2")  # two reads of the pinned source
+    e.copy_to_host(H + N, N, S, "c.py:3")
+    e.copy_to_host(H + 2 * N, N, S2, "c.py:4")  # disjoint host bytes
+    e.copy_to_host(H + 3 * N, N, S, "c.py:5")
+    e.host_release(H + 3 * N, N)  # the pinned block was freed and is reused
+    e.copy_from_host(H + 3 * N, N, S2, "c.py:6")
+    assert e.hazards() == []
+
+
+def test_p16_offload_and_reload_on_one_stream_is_clean():
+    e = Engine()
+    e.alloc(X, N, D, "p16.py:1")  # a = randn(N)
+    e.access(X, N, D, True, "p16.py:1")
+    e.stream_wait(S, D)
+    e.access(X, N, S, False, "p16.py:3")  # with stream(s): h = a.to("cpu", non_blocking)
+    e.copy_to_host(H, N, S, "p16.py:3")
+    e.copy_from_host(H, N, S, "p16.py:4")  # b = h.to(dev, non_blocking=True)
+    e.alloc(Y, N, S, "p16.py:4")
+    e.access(Y, N, S, True, "p16.py:4")
+    e.stream_synchronize(S)
+    e.free(X, "p16.py:5")
+    e.free(Y, "p16.py:5")
+    e.flush()
+    assert e.hazards() == []
+
+
+# ---------------------------------------------------- per-site record_stream advice
+
+
+def prefetch_with_record(e, covered_rounds, rounds=4):
+    """Batches on s read on D, each recorded on D at one line; the rounds in
+    `covered_rounds` synchronize before their free (the record was not needed there)."""
+    for i in range(rounds):
+        ptr = X + i * 0x1000
+        e.alloc(ptr, N, S, "p18.py:1")
+        e.access(ptr, N, S, True, "p18.py:1")
+        e.stream_wait(D, S)
+        e.access(ptr, N, D, False, "p18.py:2")
+        e.record_stream(ptr, D, "p18.py:3")  # cur.record_stream(D)
+        if i in covered_rounds:
+            e.device_synchronize()
+        e.free(ptr, "p18.py:4")
+
+
+@pytest.mark.parametrize("redundant_round", [0, 3])
+def test_p18_record_stream_needed_three_times_and_redundant_once_gets_no_advice(
+    redundant_round,
+):
+    e = Engine()
+    prefetch_with_record(e, {redundant_round})
+    e.flush()
+    assert e.hazards() == []
+
+
+def test_record_stream_redundant_every_time_it_ran_is_advice_with_its_count():
+    e = Engine()
+    prefetch_with_record(e, {0, 1, 2, 3})
+    assert e.hazards() == []  # advice waits for flush
+    e.flush()
+    adv = only(e, "redundant-record-stream")
+    fields(
+        adv,
+        severity="advice",
+        count=4,
+        ptr=X,
+        nbytes=N,
+        alloc_stream=S,
+        alloc_site="p18.py:1",
+        use_stream=D,
+        use_site="p18.py:3",
+        free_site="p18.py:4",
+        other_stream=None,
+        other_site=None,
+        live=None,
+    )
+    assert e.error_count() == 0 and e.hazard_count() == 1
+
+
+def test_a_site_needed_once_is_never_advice_again():
+    e = Engine()
+    prefetch_with_record(e, set(), rounds=1)  # needed (judged at flush)
+    e.flush()
+    assert e.hazards() == []
+    prefetch_with_record(e, {0, 1}, rounds=2)  # redundant twice, later
+    e.flush()
+    assert e.hazards() == []
+
+
+def test_advice_found_in_one_flush_window_and_repeated_in_the_next_adds_up():
+    e = Engine()
+    prefetch_with_record(e, {0, 1}, rounds=2)
+    e.flush()
+    assert only(e, "redundant-record-stream").count == 2
+    prefetch_with_record(e, {0}, rounds=1)
+    assert only(e, "redundant-record-stream").count == 2  # not yet
+    e.flush()
+    assert only(e, "redundant-record-stream").count == 3
+
+
+@pytest.mark.parametrize("site, advice", [("r.py:3", False), ("r.py:5", True)])
+def test_record_stream_on_the_allocation_stream_at_a_needed_site_is_not_advice(site, advice):
+    e = Engine()
+    e.alloc(X, N, D, "r.py:1")
+    e.access(X, N, S, False, "r.py:2")
+    e.record_stream(X, S, "r.py:3")  # needed: s's read stays uncovered
+    e.alloc(Y, N, D, "r.py:1")
+    e.record_stream(Y, D, site)  # on the allocation stream: a candidate at `site`
+    e.free(X, "r.py:4")
+    e.flush()  # X's verdict finds r.py:3 needed, then the candidates are weighed
+    if advice:
+        fields(only(e, "redundant-record-stream"), ptr=Y, use_stream=D, use_site="r.py:5")
+        fields(only(e, "redundant-record-stream"), free_site=None)
+        assert e.hazard_count() == 1
+    else:
+        assert e.hazards() == []
+
+
+def test_site_less_record_stream_calls_share_one_site():
+    e = Engine()
+    e.alloc(X, N, D)
+    e.access(X, N, S, False)
+    e.record_stream(X, S)  # needed
+    e.alloc(Y, N, D)
+    e.record_stream(Y, D)  # redundant, also site-less: the same "line"
+    e.free(X)
+    e.flush()
+    assert e.hazards() == []
+
+
+# ------------------------------------------------------- virtual-stream reuse
+
+
+@pytest.mark.parametrize(
+    "virtual, race",
+    [
+        ((), True),  # CUDA: the bytes went back to S's pool, D could not get them
+        ((S,), False),  # the freed storage's stream is virtual: the CPU allocator did it
+        ((D,), False),  # the new allocation's stream is virtual
+        ((S2,), True),  # only the use stream is virtual: the reuse is checked
+    ],
+)
+def test_cross_stream_reuse_is_not_a_reuse_race_on_virtual_streams(virtual, race):
+    e = Engine()
+    for v in virtual:
+        e.define_stream(v, "virtual", virtual=True)
+    e.alloc(X, N, S, "v.py:1")
+    e.access(X, N, S, True, "v.py:1")
+    e.stream_wait(S2, S)
+    e.access(X, N, S2, False, "v.py:2")
+    e.free(X, "v.py:3")
+    e.alloc(X, N, D, "v.py:4")  # on another stream than X's allocation stream
+    if race:
+        h = only(e, "reuse-race")
+        fields(h, alloc_stream=S, use_stream=S2, other_stream=D, other_site="v.py:4")
+        assert h.live is (True if S2 in virtual else None)
+    else:
+        assert e.hazards() == []
+    e.flush()  # X's free is judged here (no allocation on s came): unsynced-free
+    assert sorted(kinds(e)) == (["reuse-race", "unsynced-free"] if race else ["unsynced-free"])
+
+
+def test_same_stream_reuse_on_a_virtual_stream_is_still_a_reuse_race():
+    e = Engine()
+    e.define_stream(S, "side", virtual=True)
+    e.alloc(X, N, S, "v.py:1")
+    e.access(X, N, S, True, "v.py:1")
+    e.stream_wait(D, S)
+    e.access(X, N, D, False, "v.py:2")
+    e.free(X, "v.py:3")
+    e.alloc(X, N, S, "v.py:4")
+    assert kinds(e) == ["unsynced-free", "reuse-race"]
+    fields(only(e, "reuse-race"), use_stream=D, other_stream=S, other_site="v.py:4")
+    fields(only(e, "unsynced-free"), other_stream=S, other_site="v.py:4", other_ptr=X)
+
+
+# ----------------------------------------------------------- dedup of unsynced-free
+
+
+def test_unsynced_free_dedup_leaves_out_the_allocation_that_judged_it():
+    e = Engine()
+    for i in range(4):
+        e.alloc(X, N, D, "d.py:1")
+        e.access(X, N, S, False, "d.py:2")
+        e.free(X, "d.py:3")
+        if i < 3:
+            e.alloc(Z + i * N, N, D, f"d.py:{10 + i}")  # judged by another line each time
+    e.flush()  # and the last round by flush
+    h = only(e, "unsynced-free")
+    fields(h, count=4, other_site="d.py:10", other_ptr=Z)  # the first occurrence's details
+
+
+def test_site_less_unsynced_free_dedup_keys_on_pointer_and_use_stream():
+    e = Engine()
+    for other in (Y, Z):  # judged by different allocations, the same site-less mistake
+        e.alloc(X, N, D)
+        e.access(X, N, S, False)
+        e.free(X)
+        e.alloc(other, N, D)
+        e.free(other)
+    e.alloc(X, N, D)
+    e.access(X, N, S, False)
+    e.free(X)
+    e.flush()  # and once by flush
+    frees = [h for h in e.hazards() if h.kind == "unsynced-free"]
+    assert [(h.ptr, h.use_stream, h.count) for h in frees] == [(X, S, 3)]
+
+
+# ------------------------------------------- Hazard objects, KINDS, bulk adopt/flush
+
+
+def test_hazards_pickle_compare_and_hash():
+    e = Engine()
+    e.define_stream(S, "side", virtual=True)
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    e.alloc(X, N, D, "ex.py:5")
+    free, reuse = e.hazards()
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(free, protocol))
+        assert type(back) is Hazard
+        assert back == free and not (back != free)
+        assert hash(back) == hash(free)
+        assert back.to_dict() == free.to_dict()
+        assert back.message == free.message and back.live is True
+    assert free != reuse
+    assert e.hazards()[0] == free  # a fresh object for the same hazard
+    assert len({free, reuse, pickle.loads(pickle.dumps(free)), e.hazards()[1]}) == 2
+    assert free != free.to_dict()
+
+
+def test_kinds_table_lists_every_kind():
+    kinds_table = el._core.KINDS
+    assert isinstance(kinds_table, tuple)
+    by_name = {}
+    for k in kinds_table:
+        assert isinstance(k, dict)
+        assert {"name", "severity", "title", "hint", "roles"} <= set(k)
+        assert isinstance(k["title"], str) and k["title"]
+        assert isinstance(k["hint"], str) and k["hint"]
+        assert isinstance(k["roles"], tuple) and k["roles"]
+        for role in k["roles"]:
+            label, site_field, name_field = role
+            assert isinstance(label, str) and label
+            assert site_field in ("alloc_site", "use_site", "free_site", "other_site")
+            assert name_field in (None, "alloc_stream_name", "use_stream_name", "other_stream_name")
+        by_name[k["name"]] = k
+    assert len(by_name) == len(kinds_table)
+    assert set(by_name) == {
+        "unsynced-free",
+        "reuse-race",
+        "unwaited-allocation",
+        "unsynced-access",
+        "host-read-before-copy",
+        "host-write-during-copy",
+        "redundant-record-stream",
+    }
+    assert {n for n, k in by_name.items() if k["severity"] == "advice"} == {
+        "redundant-record-stream"
+    }
+    assert all(k["severity"] in ("error", "advice") for k in kinds_table)
+    assert by_name["unwaited-allocation"]["severity"] == "error"
+    sites = {site for _, site, _ in by_name["unwaited-allocation"]["roles"]}
+    assert {"alloc_site", "use_site"} <= sites
+    # errors come first (report order)
+    sev = [k["severity"] for k in kinds_table]
+    assert sev == sorted(sev, key=lambda s: s != "error")
+
+
+def test_replay_adopt_and_flush_rows():
+    rows = np.array(
+        [
+            [ops.ALLOC, X, N, D],
+            [ops.WRITE, X, N, D],
+            [ops.STREAM_WAIT, S, D, 0],
+            [ops.READ, X, N, S],
+            [ops.FREE, X, 0, 0],  # pending
+            [ops.ADOPT, X, N, D],  # over X's bytes on D: no verdict, no reuse check
+            [ops.READ, X, N, S2],  # adopted after D's work: no unwaited-allocation
+            [ops.FLUSH, 0, 0, 0],
+        ],
+        dtype=np.int64,
+    )
+    assert (ops.ADOPT, ops.FLUSH) == (11, 12)
+    e = Engine()
+    assert e.replay(np.ascontiguousarray(rows[:7])) == 7
+    assert e.hazards() == []
+    assert e.stats()["pending_frees"] == 1 and e.storage_at(X) == (X, N, D)
+    assert e.replay(np.ascontiguousarray(rows[7:])) == 1
+    fields(only(e, "unsynced-free"), use_stream=S, other_stream=None, other_ptr=None)
+    assert kinds(e) == ["unsynced-free"]
+    single = Engine()
+    apply_rows(single, rows.tolist())
+    assert [h.to_dict() for h in single.hazards()] == [h.to_dict() for h in e.hazards()]
 
 
 # --------------------------------------------------------------- results API
@@ -867,9 +1612,11 @@ def test_stats_count_streams_events_and_freed_ranges():
     assert stats["streams"] == 2
     assert stats["events"] == 2
     assert stats["freed_tracked"] == 1
-    assert stats["hazards"] == 1
+    assert stats["pending_frees"] == 1
+    assert stats["hazards"] == 0
     e.alloc(X, N, D)
-    assert e.stats()["freed_tracked"] == 0
+    stats = e.stats()
+    assert (stats["freed_tracked"], stats["pending_frees"], stats["hazards"]) == (0, 0, 2)
 
 
 def test_ops_codes():
@@ -885,8 +1632,10 @@ def test_ops_codes():
         "STREAM_SYNC",
         "EVENT_SYNC",
         "DEVICE_SYNC",
+        "ADOPT",
+        "FLUSH",
     ]
-    assert [getattr(ops, n) for n in names] == list(range(11))
+    assert [getattr(ops, n) for n in names] == list(range(13))
 
 
 # ------------------------------------------------------------------ bad input
@@ -966,6 +1715,49 @@ BAD_CALLS = {
         [hex(Y - 8)],
     ),
     "alloc zero size": (_no_setup, lambda e: e.alloc(Z, 0, D), InvalidArgumentError, ["0"]),
+    "adopt zero size": (_no_setup, lambda e: e.adopt(Z, 0, D), InvalidArgumentError, ["0"]),
+    "adopt negative size": (
+        _no_setup,
+        lambda e: e.adopt(Z, -16, D),
+        InvalidArgumentError,
+        ["-16"],
+    ),
+    "adopt overlapping a live storage": (
+        _no_setup,
+        lambda e: e.adopt(X + 16, 16, D),
+        UnknownStorageError,
+        [hex(X + 16)],
+    ),
+    "adopt overlapping the start": (
+        _no_setup,
+        lambda e: e.adopt(Y - 8, 16, D),
+        UnknownStorageError,
+        [hex(Y - 8)],
+    ),
+    "adopt pointer out of range": (
+        _no_setup,
+        lambda e: e.adopt(BIG, 8, D),
+        InvalidArgumentError,
+        [hex(BIG), str(BIG)],
+    ),
+    "adopt non-int pointer": (
+        _no_setup,
+        lambda e: e.adopt("0x10", 8, D),
+        InvalidArgumentError,
+        None,
+    ),
+    "adopt stream handle out of range": (
+        _no_setup,
+        lambda e: e.adopt(Z, 8, BIG),
+        InvalidArgumentError,
+        [str(BIG), hex(BIG)],
+    ),
+    "adopt site of a wrong type": (
+        _no_setup,
+        lambda e: e.adopt(Z, 8, D, 3.25),
+        InvalidArgumentError,
+        None,
+    ),
     "alloc negative size": (
         _no_setup,
         lambda e: e.alloc(Z, -16, D),
@@ -1070,6 +1862,7 @@ def test_bad_input_raises_named_error_and_changes_nothing(name):
     assert snapshot(e) == before
     # and the engine still works and still finds what it found before
     e.free(X, "ex.py:4")
+    e.flush()
     assert "unsynced-free" in kinds(e)
 
 
@@ -1120,11 +1913,15 @@ def p1_rows():
         [ops.RECORD_STREAM, X, D, 0],
         [ops.READ, X + 8, 8, S2],
         [ops.WRITE, X, 16, S],
+        [ops.ADOPT, Z, N, S],  # after S's work, but adopted: never an unwaited-allocation
+        [ops.READ, Z, 8, S2],
         [ops.EVENT_WAIT, 3, D, 0],
         [ops.EVENT_SYNC, 3, 0, 0],
         [ops.STREAM_SYNC, S2, 0, 0],
         [ops.DEVICE_SYNC, 0, 0, 0],
         [ops.FREE, X, 0, 0],
+        [ops.FREE, Z, 0, 0],
+        [ops.FLUSH, 0, 0, 0],
     ]
 
 
@@ -1148,9 +1945,13 @@ def apply_rows(e, rows):
             e.stream_synchronize(a)
         elif op == ops.EVENT_SYNC:
             e.event_synchronize(a)
-        else:
-            assert op == ops.DEVICE_SYNC
+        elif op == ops.DEVICE_SYNC:
             e.device_synchronize()
+        elif op == ops.ADOPT:
+            e.adopt(a, b, c)
+        else:
+            assert op == ops.FLUSH
+            e.flush()
 
 
 def test_replay_agrees_with_one_call_per_event():
@@ -1161,11 +1962,13 @@ def test_replay_agrees_with_one_call_per_event():
     got = [h.to_dict() for h in bulk.hazards()]
     assert got == [h.to_dict() for h in single.hazards()]
     assert [h["kind"] for h in got] == [
-        "unsynced-free",
+        "unsynced-free",  # judged at the second ALLOC on D
         "reuse-race",
-        "redundant-record-stream",
+        "unwaited-allocation",  # S2 reads X, allocated after D's work, without a wait
         "unsynced-access",
+        "redundant-record-stream",  # the RECORD_STREAM on D, emitted at FLUSH
     ]
+    assert got[0]["other_ptr"] == X and got[2]["use_stream"] == S2
     for key in ("live_storages", "streams", "events", "hazards"):
         assert bulk.stats()[key] == single.stats()[key]
 
@@ -1189,7 +1992,7 @@ def test_replay_bad_row_names_its_index_and_applies_the_rows_before():
     rows = [
         [ops.ALLOC, X, N, D],
         [ops.READ, X, N, S],
-        [ops.FREE, X, 0, 0],  # unsynced-free
+        [ops.FREE, X, 0, 0],  # pending: an unsynced-free at the next ALLOC on D or FLUSH
         [ops.FREE, Y, 0, 0],  # row 3: unknown storage
         [ops.ALLOC, Y, N, D],  # never applied
     ]
@@ -1197,9 +2000,11 @@ def test_replay_bad_row_names_its_index_and_applies_the_rows_before():
     with pytest.raises(UnknownStorageError) as info:
         e.replay(np.array(rows, dtype=np.int64))
     assert re.search(r"\b3\b", str(info.value)), str(info.value)
-    assert kinds(e) == ["unsynced-free"]
     assert e.storage_at(Y) is None
-    assert e.stats()["live_storages"] == 0
+    assert (e.stats()["live_storages"], e.stats()["pending_frees"]) == (0, 1)
+    assert kinds(e) == []
+    e.flush()
+    assert kinds(e) == ["unsynced-free"]
 
 
 @pytest.mark.parametrize(
@@ -1281,6 +2086,7 @@ def test_threads_hammering_one_engine_lose_no_hazards():
     for t in ts:
         t.join()
     assert not errors, errors
+    e.flush()  # the last round's free of each thread, and the advice
     by = {(h.kind, h.use_site): h.count for h in e.hazards()}
     for t in range(threads_n):
         assert by[("unsynced-free", f"t{t}.py:2")] == rounds
