@@ -153,19 +153,13 @@ class Recorder:
         self.site_names: dict[int, str] = {} if site_names is None else site_names
         self._strict_sites = strict_sites
 
-    def _call(self, op: str, values: tuple) -> Any:
+    def _coerce(self, op: str, values: tuple) -> tuple:
         try:
-            values = vocab.coerce(op, values)
+            return vocab.coerce(op, values)
         except vocab.BadArgument as exc:
             from esper_lifetimes import InvalidArgumentError
 
             raise InvalidArgumentError(str(exc)) from None
-        record = values
-        if vocab.OPS[op].has_site and type(values[-1]) is int:
-            record = values[:-1] + (self._site_name(values[-1]),)
-        result = getattr(self.engine, op)(*values)
-        self._sink(op, record)
-        return result
 
     def _site_name(self, site_id: int) -> str:
         name = self.site_names.get(site_id)
@@ -215,6 +209,54 @@ class Recorder:
         return getattr(self.engine, name)
 
 
+def _plain_ints(values: Any) -> bool:
+    return type(values) is list and all(type(v) is int for v in values)
+
+
+def _recorder_method(spec: vocab.OpSpec) -> Any:
+    """``Recorder.<op>``, generated from the vocabulary as real Python source: the
+    Engine's parameters with their defaults, a check inlined for the plain values of the
+    common case (ints, bools, ASCII sites: one ``type()`` test per argument; the engine
+    itself checks ranges), :func:`vocab.coerce` for anything else, then the engine, then
+    the sink. Measured on the 2-core VM: about 2 us over the bare engine's ``access``,
+    where a generic ``*args`` method costs about 7 us."""
+    names = spec.names
+    params = ", ".join(
+        n if a.default is vocab.REQUIRED else f"{n}={a.default!r}"
+        for n, a in zip(names, spec.args, strict=True)
+    )
+    tests = []
+    for a in spec.args:
+        if a.type == vocab.INT:
+            tests.append(f"type({a.name}) is int")
+        elif a.type == vocab.BOOL:
+            tests.append(f"type({a.name}) is bool")
+        elif a.type == vocab.RANGES:
+            tests.append(f"_plain_ints({a.name})")
+        else:  # a site or a name: None, or ASCII text (an interned id is resolved below)
+            tests.append(f"({a.name} is None or (type({a.name}) is str and {a.name}.isascii()))")
+    args = ", ".join(names)
+    row = f"({args},)" if names else "()"
+    lines = [f"def {spec.name}(self, {params}):" if names else f"def {spec.name}(self):"]
+    if names:
+        lines.append(f"    if not ({' and '.join(tests)}):")
+        lines.append(f"        {args}, = self._coerce({spec.name!r}, {row})")
+    record = row
+    if spec.has_site:
+        lines.append("    text = self._site_name(site) if type(site) is int else site")
+        record = f"({', '.join(names[:-1])}, text)" if len(names) > 1 else "(text,)"
+    lines.append(f"    result = self.engine.{spec.name}({args})")
+    lines.append(f"    self._sink({spec.name!r}, {record})")
+    lines.append("    return result")
+    namespace: dict[str, Any] = {"_plain_ints": _plain_ints}
+    exec("\n".join(lines), namespace)  # noqa: S102 (source built from the vocabulary)
+    method = namespace[spec.name]
+    method.__qualname__ = f"Recorder.{spec.name}"
+    method.__module__ = __name__
+    method.__doc__ = f"As ``Engine.{spec.name}``; recorded once the engine accepts it."
+    return method
+
+
 for _spec in vocab.OPS.values():
-    setattr(Recorder, _spec.name, op_method(_spec, Recorder._call, "Recorder"))
+    setattr(Recorder, _spec.name, _recorder_method(_spec))
 del _spec
