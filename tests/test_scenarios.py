@@ -1,4 +1,4 @@
-"""The public scenarios P1-P12 (shared/scenarios/PUBLIC.md), run under ``track()``.
+"""The public scenarios P1-P18 (shared/scenarios/PUBLIC.md), run under ``track()``.
 
 Each body runs unchanged on virtual streams (CPU) and on CUDA (marked ``cuda``). Each
 test asserts the exact verdict: the hazard kinds with the tagged source line of the
@@ -404,3 +404,288 @@ def test_worked_example_each_fix_makes_the_free_safe(B, fix):
         z = B.zeros(N)
     assert t.hazards == [], t.report()
     del y, z
+
+
+# Added with SEMANTICS.md version 2 ------------------------------------------------------
+
+
+def _without_reuse_races(t, realloc):
+    """verdict(t) without reuse races, after checking that each one names the tagged
+    use and the tagged allocation that took the block (the CPU allocator may or may not
+    hand a freed block straight back)."""
+    for h in t.hazards:
+        if h.kind == "reuse-race":
+            assert tag_of(h.use_site) == "use", t.report()
+            assert tag_of(h.other_site) == realloc, t.report()
+    return [v for v in verdict(t) if v[0] != "reuse-race"]
+
+
+# P13 -------------------------------------------------------------------------------------
+
+
+def _prefetcher(B, wait_before_reuse, steps=4):
+    s = B.Stream("s")
+    D = B.current_stream()
+    host_batches = [B.pin(torch.randn(N)) for _ in range(steps)]
+    with B.track() as t, torch.no_grad():
+        w = B.randn(N)
+        cur = None
+        outs = []
+        for hb in host_batches:
+            with B.stream(s):
+                nxt = B.to_device(hb, non_blocking=True)  # @alloc
+            D.wait_stream(s)
+            cur = nxt  # @free
+            del nxt
+            if wait_before_reuse:
+                s.wait_stream(D)  # covers the previous batch's use before s allocates
+            outs.append(cur * w)  # @use
+    return t, outs
+
+
+def test_p13_prefetcher_whose_producer_waits_on_the_consumer_is_clean(B):
+    t, outs = _prefetcher(B, wait_before_reuse=True)
+    assert t.hazards == [], t.report()
+    del outs
+
+
+def test_p13_without_the_wait_is_unsynced_free_at_the_next_allocation(B):
+    t, outs = _prefetcher(B, wait_before_reuse=False)
+    assert _without_reuse_races(t, "alloc") == [("unsynced-free", "use")], t.report()
+    h = _only(t, "unsynced-free")
+    assert (tag_of(h.alloc_site), tag_of(h.free_site)) == ("alloc", "free")
+    # three batches freed on D's use; the first two judged at the next allocation on s
+    assert h.count == 3, t.report()
+    assert tag_of(h.other_site) in ("alloc", None)
+    del outs
+
+
+# P14 -------------------------------------------------------------------------------------
+
+
+def test_p14_fresh_buffer_handed_to_a_side_stream_without_a_wait(B):
+    s = B.Stream("s")
+    with B.track() as t:
+        tmp = B.randn(N)
+        r = tmp.sum()  # D has work pending on tmp's block
+        del tmp
+        A = B.empty(N)  # @alloc
+        with B.stream(s):
+            A.normal_()  # @use
+    assert verdict(t) == [("unwaited-allocation", "use")], t.report()
+    h = _only(t, "unwaited-allocation")
+    assert tag_of(h.alloc_site) == "alloc"
+    assert h.alloc_stream != h.use_stream
+    del r, A
+
+
+def test_p14_fixed_by_waiting_on_the_allocation_stream(B):
+    s = B.Stream("s")
+    D = B.current_stream()
+    with B.track() as t:
+        tmp = B.randn(N)
+        r = tmp.sum()
+        del tmp
+        A = B.empty(N)
+        s.wait_stream(D)
+        with B.stream(s):
+            A.normal_()
+    assert t.hazards == [], t.report()
+    del r, A
+
+
+def test_p14_a_fill_on_the_allocation_stream_is_reported_as_the_race_it_is(B):
+    # The same use racing with the storage's own write on D: that unsynced-access is the
+    # report, not a second error for the same mistake.
+    s = B.Stream("s")
+    with B.track() as t:
+        A = B.zeros(N)  # @write
+        with B.stream(s):
+            A.normal_()  # @use
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    del A
+
+
+# P15 -------------------------------------------------------------------------------------
+
+
+def _offload_buffer(B, wait_before_refill):
+    d2h, h2d = B.Stream("d2h"), B.Stream("h2d")
+    D = B.current_stream()
+    buf = B.pin(torch.empty(N))
+    with B.track() as t:
+        act, act2 = B.randn(N), B.randn(N)
+        d2h.wait_stream(D)
+        with B.stream(d2h):
+            buf.copy_(act, non_blocking=True)
+        h2d.wait_stream(d2h)
+        with B.stream(h2d):
+            back = B.to_device(buf, non_blocking=True)  # @read
+        if wait_before_refill:
+            d2h.wait_stream(h2d)
+        with B.stream(d2h):
+            buf.copy_(act2, non_blocking=True)  # @use
+    return t, back
+
+
+def test_p15_pinned_buffer_refilled_while_another_stream_copies_out_of_it(B):
+    t, back = _offload_buffer(B, wait_before_refill=False)
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    h = _only(t, "unsynced-access")
+    assert tag_of(h.other_site) == "read"
+    assert h.use_stream != h.other_stream
+    del back
+
+
+def test_p15_fixed_by_waiting_on_the_copy_out_before_the_refill(B):
+    t, back = _offload_buffer(B, wait_before_refill=True)
+    assert t.hazards == [], t.report()
+    del back
+
+
+# P16 -------------------------------------------------------------------------------------
+
+
+def test_p16_offload_and_reload_on_one_stream_is_clean(B):
+    s = B.Stream("s")
+    D = B.current_stream()
+    with B.track() as t:
+        a = B.randn(N)
+        s.wait_stream(D)
+        with B.stream(s):
+            h = B.to_host(a, non_blocking=True)
+            b = B.to_device(h, non_blocking=True)  # ordered after the copy into h
+    assert t.hazards == [], t.report()
+    del b
+
+
+def test_p16_reload_on_another_stream_without_a_wait_races_the_copy(B):
+    s, s2 = B.Stream("s"), B.Stream("s2")
+    D = B.current_stream()
+    with B.track() as t:
+        a = B.randn(N)
+        s.wait_stream(D)
+        with B.stream(s):
+            h = B.to_host(a, non_blocking=True)  # @write
+        with B.stream(s2):
+            b = B.to_device(h, non_blocking=True)  # @use
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    assert tag_of(_only(t, "unsynced-access").other_site) == "write"
+    del b
+
+
+def test_activation_offloading_round_trip_on_one_stream_is_clean(B):
+    s = B.Stream("offload")
+    D = B.current_stream()
+    with B.track() as t:
+        act = B.randn(N)  # forward activation, on D
+        s.wait_stream(D)
+        with B.stream(s):
+            h = B.to_host(act, non_blocking=True)  # offload
+        act.record_stream(s)
+        del act  # device memory released while the copy may run
+        later = B.zeros(N)  # more forward work on D
+        with B.stream(s):
+            back = B.to_device(h, non_blocking=True)  # reload, same stream
+        D.wait_stream(s)
+        g = back * 2  # backward reads the reloaded activation
+    assert t.hazards == [], t.report()
+    del later, g
+
+
+def test_activation_offloading_without_record_stream_is_unsynced_free(B):
+    s = B.Stream("offload")
+    D = B.current_stream()
+    with B.track() as t:
+        act = B.randn(N)  # @alloc
+        s.wait_stream(D)
+        with B.stream(s):
+            h = B.to_host(act, non_blocking=True)  # @use
+        del act  # @free
+        later = B.zeros(N)  # @next
+        with B.stream(s):
+            back = B.to_device(h, non_blocking=True)
+        D.wait_stream(s)
+        g = back * 2
+    assert _without_reuse_races(t, "next") == [("unsynced-free", "use")], t.report()
+    h = _only(t, "unsynced-free")
+    assert (tag_of(h.free_site), tag_of(h.other_site)) == ("free", "next")
+    del later, g
+
+
+# P17 -------------------------------------------------------------------------------------
+
+
+def test_p17_empty_like_reads_nothing(B):
+    s = B.Stream("s")
+    with B.track() as t:
+        with B.stream(s):
+            w = B.ones(N)  # allocated on s
+        B.synchronize()
+        w2 = torch.empty_like(w)
+        del w
+        with B.stream(s):
+            nxt = B.zeros(N)  # the next allocation on s judges the free
+    assert t.hazards == [], t.report()
+    del w2, nxt
+
+
+def test_p17_with_a_real_read_instead_the_free_is_unsynced(B):
+    s = B.Stream("s")
+    with B.track() as t:
+        with B.stream(s):
+            w = B.ones(N)  # @alloc
+        B.synchronize()
+        w2 = w.clone()  # @use
+        del w  # @free
+        with B.stream(s):
+            nxt = B.zeros(N)  # @next
+    assert _without_reuse_races(t, "next") == [("unsynced-free", "use")], t.report()
+    h = _only(t, "unsynced-free")
+    assert (tag_of(h.alloc_site), tag_of(h.free_site)) == ("alloc", "free")
+    assert tag_of(h.other_site) == "next"
+    del w2, nxt
+
+
+# P18 -------------------------------------------------------------------------------------
+
+
+def _recording_prefetcher(B, record, sync_every_step, steps=4):
+    s = B.Stream("s")
+    D = B.current_stream()
+    with B.track() as t, torch.no_grad():
+        w = B.randn(N)
+        outs = []
+        for i in range(steps):
+            with B.stream(s):
+                cur = B.randn(N)  # @alloc
+            D.wait_stream(s)
+            if record:
+                cur.record_stream(D)  # @record
+            outs.append(cur * w)  # @use
+            if sync_every_step or i == steps - 1:
+                B.synchronize()  # before the last batch is freed
+            del cur  # @free
+    return t, outs
+
+
+def test_p18_record_stream_needed_every_iteration_but_the_last_gets_no_advice(B):
+    t, outs = _recording_prefetcher(B, record=True, sync_every_step=False)
+    assert t.hazards == [], t.report()
+    del outs
+
+
+def test_p18_without_the_record_the_three_frees_are_unsynced(B):
+    t, outs = _recording_prefetcher(B, record=False, sync_every_step=False)
+    assert _without_reuse_races(t, "alloc") == [("unsynced-free", "use")], t.report()
+    h = _only(t, "unsynced-free")
+    assert h.count == 3
+    assert tag_of(h.free_site) == "free"
+    del outs
+
+
+def test_p18_a_record_redundant_every_time_it_ran_is_advice(B):
+    t, outs = _recording_prefetcher(B, record=True, sync_every_step=True)
+    assert verdict(t) == [], t.report()
+    assert verdict(t, "advice") == [("redundant-record-stream", "record")], t.report()
+    del outs

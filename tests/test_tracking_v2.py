@@ -306,35 +306,7 @@ def test_metadata_ops_on_another_stream_touch_nothing(B, op):
     del w2
 
 
-def test_p17_empty_like_reads_nothing(B):
-    s = B.Stream("s")
-    with B.track() as t:
-        with B.stream(s):
-            w = B.ones(N)  # allocated on s
-        B.synchronize()
-        w2 = torch.empty_like(w)
-        del w
-        with B.stream(s):
-            nxt = B.zeros(N)  # the next allocation on s
-    assert t.hazards == [], t.report()
-    del w2, nxt
-
-
-def test_p17_twin_a_real_read_instead_is_an_unsynced_free(B):
-    s = B.Stream("s")
-    with B.track() as t:
-        with B.stream(s):
-            w = B.ones(N)  # @alloc
-        B.synchronize()
-        w2 = w.clone()  # @use
-        del w  # @free
-        with B.stream(s):
-            nxt = B.zeros(N)  # @next
-    assert _errors(t) == [("unsynced-free", "use")], t.report()
-    h = _only(t, "unsynced-free")
-    assert (tag_of(h.alloc_site), tag_of(h.free_site)) == ("alloc", "free")
-    assert tag_of(h.other_site) == "next"  # the allocation that triggered the verdict
-    del w2, nxt
+# P17 (empty_like reads nothing) and its twin are in test_scenarios.py.
 
 
 @pytest.mark.parametrize("inference", [False, True])
