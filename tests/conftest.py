@@ -43,8 +43,38 @@ def _ignore_this_file() -> None:
 _ignore_this_file()
 
 
+def _can_emulate() -> bool:
+    if os.environ.get("ESPER_TEST_NO_EMULATION"):
+        return False
+    try:
+        import esper_lifetimes.emulate  # noqa: F401
+    except Exception:  # pragma: no cover - the engine is not built
+        return False
+    return True
+
+
+# Without a GPU, the CUDA-marked variants run under esper_lifetimes.emulate_cuda(): the same
+# bodies on the real torch.cuda API (ESPER_TEST_NO_EMULATION=1 skips them instead). With a
+# GPU they run on it, unemulated.
+EMULATE_CUDA = not HAS_CUDA and _can_emulate()
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "real_cuda: a cuda test that emulation cannot run (NCCL, graphs, kernels)"
+    )
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if HAS_CUDA:
+        return
+    if EMULATE_CUDA:
+        real = pytest.mark.skip(reason="needs a real CUDA GPU: not emulated (NCCL, graphs)")
+        for item in items:
+            if item.get_closest_marker("cuda") is not None and (
+                item.get_closest_marker("real_cuda") is not None or "nccl" in item.name
+            ):
+                item.add_marker(real)
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
@@ -163,12 +193,29 @@ class CudaBackend(VirtualBackend):
         return torch.tensor(data, device="cuda")
 
 
+@pytest.fixture(autouse=True)
+def _cuda_emulation(request: Any) -> Any:
+    """A CUDA-marked test on a machine without a GPU runs under emulate_cuda()."""
+    if not EMULATE_CUDA or request.node.get_closest_marker("cuda") is None:
+        yield None
+        return
+    from esper_lifetimes.emulate import emulate_cuda
+
+    with emulate_cuda() as em:
+        yield em
+
+
 @pytest.fixture(
     params=["virtual", pytest.param("cuda", marks=pytest.mark.cuda)],
 )
-def B(request: Any) -> Any:  # noqa: N802 - the scenario texts call it B
+def B(request: Any, _cuda_emulation: Any) -> Any:  # noqa: N802 - the scenario texts call it B
     """The backend a scenario body runs on."""
-    return VirtualBackend() if request.param == "virtual" else CudaBackend()
+    if request.param == "virtual":
+        return VirtualBackend()
+    b = CudaBackend()
+    if _cuda_emulation is not None:
+        b.live = True  # emulated streams are virtual: unsynchronized work is in flight
+    return b
 
 
 @pytest.fixture

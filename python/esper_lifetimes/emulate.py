@@ -778,18 +778,22 @@ _MIXED_OK = frozenset(
     }
 )
 
-# id(OpOverload) -> (name, allows mixed devices)
-_OPS: dict[int, tuple[str, bool, Any]] = {}
+# id(OpOverload) -> (name, allows mixed devices, returns a fresh storage, the op)
+_OPS: dict[int, tuple[str, bool, bool, Any]] = {}
 
 
-def _op_info(func: Any) -> tuple[str, bool, Any]:
+def _op_info(func: Any) -> tuple[str, bool, bool, Any]:
     info = _OPS.get(id(func))
     if info is None:
         try:
-            name = func._schema.name
+            schema = func._schema
+            name = schema.name
+            # ``copy_`` and the other in-place and view ops return an input: no new tag
+            fresh = any(r.alias_info is None for r in schema.returns)
         except Exception:
             name = str(func)
-        info = (name, name in _MIXED_OK or not name.startswith("aten::"), func)
+            fresh = True
+        info = (name, name in _MIXED_OK or not name.startswith("aten::"), fresh, func)
         _OPS[id(func)] = info
     return info
 
@@ -815,6 +819,31 @@ def _tag_outputs(out: Any, dev: int) -> None:
     elif isinstance(out, _SEQ):
         for o in out:
             _tag_outputs(o, dev)
+
+
+def _tag_copies(out: Any, dev: int, args: tuple) -> None:
+    """An op that may return an input (``copy_``, ``contiguous`` under inference mode):
+    tags only the outputs that are not an input's storage."""
+    if isinstance(out, _Tensor):
+        outs = [out]
+    elif isinstance(out, _SEQ):
+        outs = [o for o in out if isinstance(o, _Tensor)]
+    else:
+        return
+    ins = set()
+    for a in args:
+        if isinstance(a, _Tensor):
+            try:
+                ins.add(id(a.untyped_storage()))
+            except Exception:  # noqa: S110 - no storage: nothing it could alias
+                pass
+    for o in outs:
+        try:
+            st = o.untyped_storage()
+        except Exception:
+            continue
+        if id(st) not in ins and getattr(st, TAG, None) is None and o.device.type == "cpu":
+            _tag_storage(st, dev)
 
 
 def _pin_outputs(out: Any) -> None:
@@ -888,7 +917,7 @@ class _DispatchMode(TorchDispatchMode):
                         dev = d
                         break
         if dev is not None and host and self.strict:
-            name, ok, _ = _op_info(func)
+            name, ok, _, _ = _op_info(func)
             if not ok:
                 raise _mismatch(dev, None, name)
         try:
@@ -905,7 +934,10 @@ class _DispatchMode(TorchDispatchMode):
             vs = virtual._state.stream
             (vs if vs is not None else virtual.DEFAULT)._pending = True  # work on the stream
             if out is not None:
-                _tag_outputs(out, dev)
+                if _op_info(func)[2]:
+                    _tag_outputs(out, dev)
+                else:
+                    _tag_copies(out, dev, args)
         return out
 
 
@@ -1116,6 +1148,40 @@ def _grouped(orig: Callable[..., Any]) -> Callable[..., Any]:
     return group
 
 
+# DLPack: a capsule made from an emulated CUDA tensor names its device; the tensor made
+# from it shares the memory and is on that device too.
+_capsules: list[tuple[Any, int]] = []
+
+
+def _to_dlpack(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def to_dlpack(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        cap = orig(tensor, *args, **kwargs)
+        d = _tag_of(tensor)
+        if d is not None:
+            _capsules.append((cap, d))
+            del _capsules[:-64]
+        return cap
+
+    return to_dlpack
+
+
+def _from_dlpack(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def from_dlpack(ext: Any, *args: Any, **kwargs: Any) -> Any:
+        d = _tag_of(ext) if isinstance(ext, _Tensor) else None
+        if d is None:
+            for i, (cap, dev) in enumerate(_capsules):
+                if cap is ext:
+                    d = dev
+                    del _capsules[i]
+                    break
+        out = orig(ext, *args, **kwargs)
+        if d is not None and isinstance(out, _Tensor):
+            _tag_outputs(out, d)
+        return out
+
+    return from_dlpack
+
+
 def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
     """(owner, name, emulated value). Callables become switches; classes are replaced."""
     import torch.backends.cudnn as cudnn
@@ -1254,6 +1320,11 @@ def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
         fn(acc, "get_memory_info", mem_get_info)
         if hasattr(acc, "device_index"):
             specs.append((acc, "device_index", _DeviceCtx))
+    import torch.utils.dlpack as dlpack
+
+    for owner in (torch, dlpack):
+        fn(owner, "to_dlpack", _to_dlpack(dlpack.to_dlpack))
+        fn(owner, "from_dlpack", _from_dlpack(dlpack.from_dlpack))
     # serialization: CUDA locations in, CUDA locations out
     specs.append((ser, "location_tag", _location_tag(ser.location_tag)))
     specs.append((ser, "default_restore_location", _restore_location(ser.default_restore_location)))
