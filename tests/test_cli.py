@@ -522,7 +522,10 @@ def test_demo_runs_the_torch_example_and_reports(tmp_path):
     assert out.startswith("esper-lifetimes demo: one vectorized training step of 3 environments")
     # the report: the real hazard at the example's lines, the redundant calls as advice
     assert re.search(r"esper-lifetimes: \d+ events, 4 streams, \d+ storages\n", err)
-    assert re.search(r"unsynced-free \(error\): \d+ distinct hazards?, 3 occurrences", err)
+    # Of the three overrides freed by rebinding, only the first is still uncovered when an
+    # allocation on the default stream (the third override) can take its block: the
+    # pass's synchronize orders the other two uses before any reuse.
+    assert re.search(r"unsynced-free \(error\): 1 distinct hazard, 1 occurrence\b", err)
     assert "redundant-record-stream (advice): 2 distinct hazards, 6 occurrences" in err
     assert re.search(r"used +vectorized_step\.py:\d+ +on env0 +\| scores\.append", err)
     assert "override.record_stream(env.stream)" in out
@@ -544,7 +547,7 @@ def test_demo_json(capsys):
     assert err == ""
     report = json.loads(out)
     validate(report)
-    assert report["summary"]["kinds"]["unsynced-free"]["occurrences"] == 3
+    assert report["summary"]["kinds"]["unsynced-free"]["occurrences"] == 1
     assert report["summary"]["kinds"]["redundant-record-stream"]["distinct"] == 2
     assert report["timeline"] is None
 
@@ -556,9 +559,10 @@ def test_demo_trace_replays_the_bundled_trace(capsys):
     assert "Fix: override.record_stream(s)" in out
     assert err.startswith(
         "esper-lifetimes: 204 events, 5 streams, 38 storages from training_step.jsonl (bundled)\n"
-        "esper-lifetimes: 3 distinct hazards (6 occurrences): 2 errors, 1 advice\n"
+        "esper-lifetimes: 3 distinct hazards (5 occurrences): 2 errors, 1 advice\n"
     )
-    assert "unsynced-free (error): 1 distinct hazard, 3 occurrences" in err
+    # the third free at train.py:47 is followed by a device_synchronize before any reuse
+    assert "unsynced-free (error): 1 distinct hazard, 2 occurrences" in err
     assert "reuse-race (error): 1 distinct hazard, 2 occurrences" in err
     assert "redundant-record-stream (advice): 1 distinct hazard, 1 occurrence" in err
     assert "env0" in err and "train.py:47" in err
@@ -570,7 +574,7 @@ def test_demo_trace_json(capsys):
     report = json.loads(out)
     validate(report)
     assert report["summary"]["errors"] == 2 and report["summary"]["advice"] == 1
-    assert report["summary"]["kinds"]["unsynced-free"]["occurrences"] == 3
+    assert report["summary"]["kinds"]["unsynced-free"]["occurrences"] == 2
 
 
 # ---------------------------------------------------------------------------------------
