@@ -34,7 +34,7 @@ def _result(tr: Any) -> dict[str, Any]:
 
 def read_before_wait(rank: int) -> None:
     x = torch.full((256,), float(rank + 1))
-    work = dist.all_reduce(x, async_op=True)
+    work = dist.all_reduce(x, async_op=True)  # L:early-coll
     y = x * 2  # L:read-early
     work.wait()
     del y
@@ -97,7 +97,7 @@ def p2p(rank: int) -> None:
     if rank == 0:
         dist.isend(send, 1).wait()
     else:
-        w = dist.irecv(early, 0)
+        w = dist.irecv(early, 0)  # L:p2p-recv
         early.sum()  # L:p2p-early
         w.wait()
 
@@ -186,18 +186,59 @@ def fsdp2(rank: int) -> None:
         opt.zero_grad()
 
 
-SCENARIOS = [
+def emulated_read_before_wait(rank: int) -> None:
+    """Unmodified CUDA code (emulated on the CPU) issuing from a side stream."""
+    from esper_lifetimes.emulate import emulate_cuda
+
+    with emulate_cuda():
+        x = torch.ones(256, device="cuda")
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            work = dist.all_reduce(x, async_op=True)  # L:emu-coll
+        y = x * 2  # L:emu-early
+        work.wait()
+        del y
+
+
+def emulated_waited(rank: int) -> None:
+    from esper_lifetimes.emulate import emulate_cuda
+
+    with emulate_cuda():
+        x = torch.ones(256, device="cuda")
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            work = dist.all_reduce(x, async_op=True)
+        work.wait()  # the default stream waits on the collective
+        y = x * 2
+        assert float(y[0].cpu()) == 4.0
+
+
+def cuda_read_before_wait(rank: int) -> None:
+    """Real CUDA tensors (NCCL): the read before wait(), then the fix."""
+    x = torch.ones(1 << 16, device="cuda")
+    work = dist.all_reduce(x, async_op=True)  # L:cuda-coll
+    y = x * 2  # L:cuda-early
+    work.wait()
+    z = torch.ones(1 << 16, device="cuda")
+    work = dist.all_reduce(z, async_op=True)
+    work.wait()
+    (z * 2).sum().item()
+    del y
+
+
+# run by tests/test_distributed.py: under mp.spawn (light), under torchrun (the rest)
+SPAWNED = [
     read_before_wait,
     read_after_wait,
     input_overwritten,
     sync_collectives,
-    free_under_side_stream,
-    p2p,
-    functional,
-    bucketed_allreduce,
-    ddp,
-    fsdp2,
+    emulated_read_before_wait,
+    emulated_waited,
 ]
+TORCHRUN = [free_under_side_stream, p2p, functional, bucketed_allreduce, ddp, fsdp2]
+SCENARIOS = {f.__name__: f for f in [*SPAWNED, *TORCHRUN, cuda_read_before_wait]}
 
 
 def training_step(rank: int) -> None:
@@ -214,44 +255,45 @@ def training_step(rank: int) -> None:
     del norm
 
 
-def run_rank(rank: int, world: int, out: str) -> None:
+def run_scenarios(rank: int, names: list[str], out: str) -> None:
+    """Each scenario in its own ``track()`` region; results to OUT/rank<R>/scenarios.json."""
     import esper_lifetimes as el
-    from esper_lifetimes import distributed, reports
 
     results: dict[str, Any] = {}
-    for fn in SCENARIOS:
+    for name in names:
         dist.barrier()
         t0 = time.perf_counter()
         with el.track(on_hazard="collect") as tr:
-            fn(rank)
-        results[fn.__name__] = _result(tr)
-        results[fn.__name__]["seconds"] = round(time.perf_counter() - t0, 3)
-    dist.barrier()
-    timeline = reports.Timeline()
-    with el.track(on_hazard="collect", timeline=timeline) as tr:
-        training_step(rank)
-    rdir = distributed.rank_report_dir(out)
-    meta = {"program": __file__, "rank": rank, "world_size": world}
-    reports.write_all(rdir, tr.hazards, timeline, meta=meta)
+            SCENARIOS[name](rank)
+        results[name] = _result(tr)
+        results[name]["seconds"] = round(time.perf_counter() - t0, 3)
+    rdir = os.path.join(out, f"rank{rank}")
+    os.makedirs(rdir, exist_ok=True)
     with open(os.path.join(rdir, "scenarios.json"), "w") as f:
         json.dump(results, f, indent=1)
 
 
-def spawn_entry(rank: int, world: int, port: int, out: str) -> None:
+def spawn_entry(rank: int, world: int, port: int, out: str, names: list[str], backend: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
     )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        run_rank(rank, world, out)
+        run_scenarios(rank, names, out)
     finally:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":  # torchrun --nproc-per-node 2 tests/distributed_worker.py OUT
+if __name__ == "__main__":
+    # torchrun --standalone --nproc-per-node 2 -m esper_lifetimes run --report REPORTS \
+    #     tests/distributed_worker.py OUT: the TORCHRUN scenarios in their own regions, then
+    #     the training step under the run's tracker (the rank's report)
     dist.init_process_group("gloo")
     try:
+        run_scenarios(dist.get_rank(), [f.__name__ for f in TORCHRUN], sys.argv[1])
+        dist.barrier()
         training_step(dist.get_rank())
     finally:
         dist.destroy_process_group()
-    sys.exit(0)

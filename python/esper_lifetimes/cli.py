@@ -281,6 +281,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the JSON report on stdout (and nothing else there)",
     )
+
+    merge = sub.add_parser(
+        "merge",
+        help="merge the reports of the ranks of a distributed run into one",
+        description="Merge the per-rank reports that 'esper-lifetimes run --report DIR' "
+        "writes under torchrun (DIR/rank0, DIR/rank1, ...) into one report: hazards that "
+        "several ranks share are shown once with the ranks listed, each naming its "
+        "collective and source lines. Text on stdout; exit status 1 when a rank found an "
+        "error.",
+        formatter_class=_Formatter,
+    )
+    merge.add_argument(
+        "dirs", metavar="DIR", nargs="+", help="a rank's report directory, or one holding them"
+    )
+    merge.add_argument(
+        "--report",
+        metavar="OUT",
+        help="also write report.txt, report.json, trace.json (a track group per rank) and "
+        "report.html into OUT",
+    )
+    merge.add_argument(
+        "--json", action="store_true", help="print the merged JSON report on stdout instead"
+    )
     return parser
 
 
@@ -423,6 +446,10 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return _error(err, f"cannot run {script!r}: {why}")
     if not os.access(script, os.R_OK):
         return _error(err, f"cannot run {script!r}: not readable")
+    if args.report:
+        from esper_lifetimes import merge
+
+        args.report = merge.rank_dir(args.report)  # under torchrun: one per rank
     if not _make_report_dir(args.report, err):
         return EXIT_BAD_INPUT
     try:
@@ -473,6 +500,9 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "exit_status": status,
         "windows_opened": summary["windows_opened"],
     }
+    from esper_lifetimes import distributed
+
+    meta.update(distributed.run_meta(tracker))  # rank, world size, collectives
     hs = _report(
         tracker.hazards,
         timeline,
@@ -603,7 +633,13 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-_COMMANDS = {"run": _cmd_run, "replay": _cmd_replay, "demo": _cmd_demo}
+def _cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from esper_lifetimes import merge
+
+    return merge.main(args.dirs, args.report, args.json, out, err)
+
+
+_COMMANDS = {"run": _cmd_run, "replay": _cmd_replay, "demo": _cmd_demo, "merge": _cmd_merge}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

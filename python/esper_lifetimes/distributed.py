@@ -55,6 +55,7 @@ __all__ = [
     "pending",
     "rank_info",
     "rank_report_dir",
+    "run_meta",
     "internal_stream_name",
 ]
 
@@ -90,10 +91,26 @@ def rank_info() -> tuple[int, int] | None:
 def rank_report_dir(path: str) -> str:
     """``path/rank<R>`` under a distributed run (each rank writes its own report), else
     ``path``."""
+    from esper_lifetimes import merge
+
     info = rank_info()
-    if info is None or info[1] <= 1 and "RANK" not in os.environ:
-        return path
-    return os.path.join(path, f"rank{info[0]}")
+    return path if info is None else merge.rank_dir(path, info[0])
+
+
+def run_meta(tr: Any) -> dict[str, Any]:
+    """What a rank's report says about the distributed run: rank, world size, the
+    collectives modelled, those that ran unseen, async ones never waited on. Empty
+    outside a distributed run."""
+    info = rank_info()
+    if info is None:
+        return {}
+    return {
+        "rank": info[0],
+        "world_size": info[1],
+        "collectives": seen(tr),
+        "unseen": unseen(tr),
+        "never_waited": pending(tr),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -818,6 +835,7 @@ def _make_wait_tensor(orig: Callable[..., Any]) -> Callable[..., Any]:
 # ProcessGroup method called directly. Their stream and wait are not visible.
 
 _C10D_CODE = 1001
+_NO_DATA = frozenset({"c10d::barrier", "c10d::monitored_barrier_"})
 _WRITES = frozenset(
     {"tensors", "output_tensors", "output_tensor", "output", "outputs", "output_lists"}
 )
@@ -840,6 +858,8 @@ def _on_c10d_op(
         a = args[0] if args else kwargs.get("tensor")
         _fc_waited(a)
         return
+    if name in _NO_DATA:
+        return  # a barrier: no tensor of the program's
     where = _site_text(tr, site)
     key = f"{name} ({where})" if where else name
     st = _state(tr)
@@ -861,18 +881,12 @@ def _register_c10d_names() -> None:
     handlers.setdefault(_C10D_CODE, _on_c10d_op)
     import torch.distributed  # noqa: F401 - registers the c10d ops
 
-    for ns in ("c10d", "_c10d_functional"):
-        try:
-            mod = getattr(torch.ops, ns)
-            names = [a for a in dir(mod) if not a.startswith("__")]
-        except Exception:
-            continue
-        for a in names:
-            try:
-                getattr(mod, a)
-            except Exception:
-                continue
-            full = f"{ns}::{a}"
+    try:
+        names = torch._C._dispatch_get_all_op_names()
+    except Exception:  # pragma: no cover
+        names = []
+    for full in names:
+        if full.startswith(("c10d::", "_c10d_functional::")):
             tracking._SPECIAL.setdefault(full, _C10D_CODE)
     for k, p in list(tracking._PLANS.items()):
         if tracking._SPECIAL.get(p.name) == _C10D_CODE:
