@@ -398,7 +398,7 @@ def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
             w.write("kernel", 1)
         with pytest.raises(tr.TraceError, match="pairs flattened"):
             w.launch(D, [X], [])
-        with pytest.raises(tr.TraceError, match="missing argument 'stream'"):
+        with pytest.raises(tr.TraceError, match="missing required argument 'stream'"):
             w.write("alloc", X, N)
         with pytest.raises(tr.TraceError, match="unexpected argument"):
             w.write("free", X, color="red")

@@ -43,16 +43,6 @@ VERSION = 2
 """The trace format version this module writes, and the highest it reads (version 2
 added the ops ``adopt`` and ``flush``; this reader reads versions 1 and 2)."""
 
-_I64_MIN = vocab.I64_MIN
-_U64_MAX = vocab.U64_MAX
-
-# Argument kinds.
-_INT = vocab.INT  # a pointer, size or handle: an int in the signed or unsigned 64-bit range
-_BOOL = vocab.BOOL
-_SITE = vocab.SITE  # None or a source-site string
-_NAME = vocab.NAME  # None or a string
-_RANGES = vocab.RANGES  # a list of ints, (ptr, nbytes) pairs flattened
-
 _REQUIRED = vocab.REQUIRED
 
 # op -> ((argument, kind, default), ...) in the order of the Engine method's parameters.
@@ -349,21 +339,12 @@ class TraceWriter:
 
     def write(self, op: str, /, *args: Any, **kwargs: Any) -> None:
         """Write one event, its arguments given as for the Engine method ``op``."""
-        specs = OPS.get(op)
-        if specs is None:
+        if op not in OPS:
             raise TraceError(f"unknown op {op!r} (known ops: {', '.join(sorted(OPS))})")
-        if len(args) > len(specs):
-            raise TraceError(f"{op}: takes at most {len(specs)} arguments, got {len(args)}")
-        values = list(args)
-        for name, _kind, default in specs[len(args) :]:
-            if name in kwargs:
-                values.append(kwargs.pop(name))
-            elif default is _REQUIRED:
-                raise TraceError(f"{op}: missing argument '{name}'")
-            else:
-                values.append(default)
-        if kwargs:
-            raise TraceError(f"{op}: unexpected argument(s) {', '.join(map(repr, kwargs))}")
+        try:
+            values = vocab.bind(op, args, kwargs)
+        except TypeError as exc:
+            raise TraceError(str(exc)) from None
         self._emit(op, values)
 
     def write_event(self, event: TraceEvent) -> None:
