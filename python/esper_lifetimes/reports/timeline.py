@@ -24,8 +24,6 @@ _OPS: dict[str, tuple[tuple[str, Any], ...]] = {
 OPS = tuple(_OPS)
 _HAS_SITE = frozenset(op for op, spec in vocab.OPS.items() if spec.has_site)
 
-_bind = vocab.bind
-
 
 @dataclass(frozen=True)
 class TimelineEvent:
@@ -79,7 +77,7 @@ class Timeline:
         if spec is None:
             raise ValueError(f"unknown engine op {op!r} (known: {', '.join(_OPS)})")
         if kwargs or len(args) != len(spec):
-            args = _bind(op, args, kwargs)
+            args = vocab.bind(op, args, kwargs)
         try:
             args = vocab.coerce(op, args)
         except vocab.BadArgument as exc:
@@ -127,14 +125,14 @@ class Timeline:
                 t_ns = obj.pop("t_ns", None)
                 if op not in _OPS:
                     raise ValueError(f"event {index}: unknown op {op!r}")
-                args = _bind(op, (), obj)
+                args = vocab.bind(op, (), obj)
                 line = None
             else:
                 op, args, t_ns = item.op, tuple(item.args), None
                 if op not in _OPS:
                     raise ValueError(f"event {index}: unknown op {op!r}")
                 if len(args) != len(_OPS[op]):
-                    args = _bind(op, args, {})
+                    args = vocab.bind(op, args, {})
                 line = getattr(item, "line", None)
             timeline._events.append((t_ns, op, args))
             lines.append(line if isinstance(line, int) else -1)
