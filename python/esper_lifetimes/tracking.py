@@ -86,6 +86,11 @@ class LifetimeHazardError(RuntimeError):
         super().__init__(message)
         self.hazards = hazards
 
+    def __reduce__(self) -> tuple[Any, tuple[str, list[Hazard]]]:
+        # pickles whole (a multiprocessing worker's error reaches the parent with its
+        # hazards; Hazard pickles as its fields)
+        return (type(self), (str(self), list(self.hazards)))
+
 
 class LifetimeHazardWarning(RuntimeWarning):
     """An error-severity hazard found under ``on_hazard="warn"``."""
@@ -664,6 +669,8 @@ class Tracker:
         # are members over it. id(member ref) -> owner ref; id(owner ref) -> live members;
         # id(owner ref) -> owner whose storage died while members held the memory.
         self._owner_of: dict[int, _Ref] = {}
+        # modes of threads started inside the region (suspended when it closes)
+        self._child_modes: weakref.WeakSet[_Mode] = weakref.WeakSet()
         self._members: dict[int, int] = {}
         self._orphans: dict[int, _Ref] = {}
         # A reports.Timeline that records every engine call (for the Chrome trace and the
@@ -757,6 +764,7 @@ class Tracker:
             patches.uninstall()
             raise
         patches.push(self, mode)
+        _follow_threads(1)
 
     def _detach(self) -> None:
         mode = patches.pop(self)
@@ -764,9 +772,44 @@ class Tracker:
             if mode is not None:
                 mode.__exit__(None, None, None)
         finally:
+            _follow_threads(-1)
+            patches.uninstall()
+
+    def _enter_thread(self) -> bool:
+        """A thread started inside this tracker's region begins: its ops are tracked
+        too, each on that thread's own current stream. Its hazards surface at the
+        region's safe points (never raised in the thread)."""
+        if not self._watching:
+            return False
+        patches.install()
+        try:
+            mode = _Mode(self)
+            mode.__enter__()
+        except BaseException:
+            patches.uninstall()
+            raise
+        patches.push(self, mode)
+        self._tls.child = True
+        with self._lock:
+            self._child_modes.add(mode)
+        return True
+
+    def _exit_thread(self) -> None:
+        mode = patches.pop(self)
+        try:
+            if mode is not None:
+                with self._lock:
+                    self._child_modes.discard(mode)
+                mode.__exit__(None, None, None)
+        finally:
+            self._tls.child = False
             patches.uninstall()
 
     def _close(self) -> None:
+        with self._lock:
+            for mode in self._child_modes:
+                mode.suspended += 1  # a thread outliving the region: no longer tracked
+            self._child_modes.clear()
         # the end of the region (or of the shared tracker): every pending free is
         # judged now, and per-site record_stream advice is decided
         if self._watching and self._eng is not None:
@@ -794,6 +837,10 @@ class Tracker:
         eng = self._eng
         if eng is None:
             return
+        if self._tls.__dict__.get("child"):
+            return  # a thread the region follows: its hazards surface in the region
+        if patches._pending_base is not None:
+            patches.raise_pending()  # a signal's exception caught in a callback of ours
         n = eng.error_count()
         if n == self._errors_seen and not self._held:
             return
@@ -1319,6 +1366,8 @@ class Tracker:
                     self._eng.free(ref.ptr, None)
         except Exception as exc:
             self._note(exc, "free")
+        except BaseException as exc:  # a signal landed here: Python would swallow it
+            patches.redeliver(exc)
 
     # -- copies -------------------------------------------------------------------------
 
@@ -1580,6 +1629,80 @@ def _warn(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Threads started inside a region
+
+# The dispatch mode stack is per thread: a thread started while a region tracks every op
+# of the starting thread (a plain _Mode, not an always-on window) runs its target under
+# that region too. threading.Thread.start is wrapped while any region is attached and
+# restored when the last one detaches.
+_thread_lock = threading.Lock()
+_thread_users = 0
+_thread_saved: list[Any] = []
+
+
+def _follow_threads(delta: int) -> None:
+    global _thread_users
+    with _thread_lock:
+        before = _thread_users
+        _thread_users = max(0, before + delta)
+        if before == 0 and _thread_users > 0:
+            own = threading.Thread.__dict__.get("start")
+            _thread_saved[:] = [own]
+            orig = threading.Thread.start
+
+            def start(self: threading.Thread) -> None:
+                _wrap_run(self)
+                return orig(self)
+
+            start.__wrapped__ = orig  # type: ignore[attr-defined]
+            start.__doc__ = orig.__doc__
+            threading.Thread.start = start  # type: ignore[method-assign]
+        elif before > 0 and _thread_users == 0 and _thread_saved:
+            threading.Thread.start = _thread_saved.pop()  # type: ignore[method-assign]
+
+
+def _followers() -> list[Tracker]:
+    st = patches._tls
+    if st.depth or not st.active:
+        return []
+    out = []
+    for tr, mode in zip(st.active, st.modes, strict=True):
+        if type(mode) is _Mode and not mode.suspended and tr._watching:
+            out.append(tr)
+    return out
+
+
+def _wrap_run(th: threading.Thread) -> None:
+    try:
+        trs = _followers()
+        if not trs or getattr(th, "_esper_followed", False):
+            return
+        run = th.run
+
+        def run_followed() -> None:
+            entered: list[Tracker] = []
+            for tr in trs:
+                try:
+                    if tr._enter_thread():
+                        entered.append(tr)
+                except Exception as exc:
+                    tr._note(exc, "thread start")
+            try:
+                run()
+            finally:
+                for tr in reversed(entered):
+                    try:
+                        tr._exit_thread()
+                    except Exception as exc:
+                        tr._note(exc, "thread end")
+
+        th.run = run_followed  # type: ignore[method-assign]
+        th._esper_followed = True  # type: ignore[attr-defined]
+    except Exception:  # noqa: S110 - never break the program's thread start
+        pass
+
+
+# ---------------------------------------------------------------------------------------
 # Public entry points
 
 
@@ -1624,6 +1747,7 @@ def checked_tracker() -> Tracker:
                 tr._state = "shared"
                 _checked = tr
                 _register_exit()
+                patches.install_signal_guard()
     return tr
 
 
