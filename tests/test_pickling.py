@@ -5,9 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 
-import pytest
-
 import esper_lifetimes as el
+import pytest
 from esper_lifetimes.tracking import LifetimeHazardError
 
 
