@@ -7,17 +7,20 @@ DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin my
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup build demo test lint rust-test py-test bench clean
+.PHONY: setup browser build demo test lint rust-test py-test bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
 
 # Installs only what is missing: a second run costs one import check.
 setup: $(VPY)
-	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin" 2>/dev/null \
-	  || $(VPY) -m pip install -q $(DEPS)
+	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin, mypy" \
+	  2>/dev/null || $(VPY) -m pip install -q $(DEPS)
 	@command -v ruff >/dev/null || $(VPY) -m pip install -q ruff
-	@# The HTML report test opens the report in a real headless browser.
+
+# Only the test set-up installs a browser (the HTML report test opens the report in real
+# headless Chromium); `make demo` never installs a system package.
+browser:
 	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-liberation; }
 
@@ -28,7 +31,8 @@ demo: build
 	$(VPY) -m esper_lifetimes demo --report target/demo-report
 	$(VPY) -m esper_lifetimes demo --trace
 
-lint: setup
+# stubtest imports the compiled module, so lint builds it first.
+lint: build
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -q -- -D warnings
 	cargo clippy --all-targets --features python -q -- -D warnings
@@ -39,7 +43,7 @@ lint: setup
 rust-test:
 	cargo test -q
 
-py-test: build
+py-test: build browser
 	$(VPY) -m pytest -q -n 2
 
 test: lint rust-test py-test
