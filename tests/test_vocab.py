@@ -327,3 +327,27 @@ def test_the_recorders_methods_and_the_enginelike_protocol_follow_the_ops():
         if callable(value) and not name.startswith("_")
     }
     assert protocol == set(vocab.OPS) | set(vocab.QUERIES) | {"intern"}
+
+
+def test_the_engine_refuses_a_non_native_bulk_array_that_the_recorder_converts():
+    from esper_lifetimes.recording import Recorder
+
+    rows = np.array([[ops.ALLOC, X, 16, D]], dtype=">i8")
+    with pytest.raises(el.InvalidArgumentError, match="byte order"):
+        el.Engine().replay(rows)
+    seen = []
+    rec = Recorder(lambda op, args: seen.append((op, args)))
+    assert rec.replay(rows) == 1
+    assert rec.storage_at(X) == (X, 16, D)
+    assert seen == [("alloc", (X, 16, D, None))]
+
+
+def test_the_engine_refuses_a_site_that_is_not_text_with_its_own_error():
+    e = el.Engine()
+    try:
+        e.alloc(X, N, D, "a\udc80.py:1")
+    except el.InvalidArgumentError:
+        pass
+    except UnicodeEncodeError:
+        pytest.xfail("this build raises UnicodeEncodeError, not InvalidArgumentError (lead)")
+    assert e.storage_at(X) is None
