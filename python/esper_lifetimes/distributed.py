@@ -362,10 +362,15 @@ _futures: dict[int, tuple[Any, list[_Coll]]] = {}
 _outputs: dict[int, tuple[Any, _Coll]] = {}  # id(storage) of a functional output
 
 
+_MAX_PENDING = 4096
+
+
 def _purge() -> None:
-    """Forgets works whose every tracker has closed (bounded memory for programs that
-    never wait, such as DDP's comm hooks)."""
+    """Forgets works whose every tracker has closed, and the oldest beyond
+    ``_MAX_PENDING`` (bounded memory for programs that never wait on their works)."""
     for table in (_works, _futures):
+        while len(table) >= _MAX_PENDING:
+            del table[next(iter(table))]
         dead = [
             k
             for k, (_o, cs) in table.items()

@@ -38,6 +38,7 @@ __all__ = [
     "collective_of",
     "env_rank",
     "rank_dir",
+    "rank_file",
     "main",
 ]
 
@@ -69,6 +70,17 @@ def rank_dir(path: str, rank: int | None = None) -> str:
             return path
         rank = info[0]
     return os.path.join(path, f"rank{rank}")
+
+
+def rank_file(path: str) -> str:
+    """``hz.jsonl`` -> ``hz.rank<R>.jsonl`` for rank R of a distributed run (from the
+    environment), else ``path``: each rank of ``ESPER_LIFETIMES=...,report=PATH`` under
+    ``torchrun`` appends to its own file."""
+    info = env_rank()
+    if info is None:
+        return path
+    base, ext = os.path.splitext(path)
+    return f"{base}.rank{info[0]}{ext}"
 
 
 def strip_rank(name: str | None) -> str | None:

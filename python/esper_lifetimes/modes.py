@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from esper_lifetimes import config, patches, tracking
+from esper_lifetimes import config, merge, patches, tracking
 from esper_lifetimes._core import InvalidArgumentError
 from esper_lifetimes.tracking import Tracker, _Mode
 
@@ -111,7 +111,10 @@ class AlwaysOnTracker(Tracker):
         self.sample = 1.0 if mode == "full" else float(sample)
         self.seed = seed
         self.max_window_ops = max_window_ops
-        self.report_path = report
+        # under torchrun each rank appends to its own file, its records tagged
+        self.report_path = merge.rank_file(report) if report else report
+        info = merge.env_rank()
+        self._rank_tag = {} if info is None else {"rank": info[0], "world_size": info[1]}
         # Storages first seen inside a window, allocated before it: not registered.
         self._adopt_unseen = mode == "full"
         # A track() region or @checked call inside the run owns its own events.
@@ -296,6 +299,7 @@ class AlwaysOnTracker(Tracker):
             return
         try:
             record["time"] = round(time.monotonic() - self._started_at, 6)
+            record.update(self._rank_tag)
             f.write(json.dumps(record) + "\n")
             f.flush()
         except Exception as exc:
