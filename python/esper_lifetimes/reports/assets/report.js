@@ -119,7 +119,10 @@
   function anchorPoint(a) {
     // a = [role, lane, col, storage, site]
     var lane = a[1], col = a[2], sid = a[3];
-    if ((a[0] === "free" || a[0] === "realloc") && sid !== null && sid >= 0 && D.storages[sid]) {
+    // points of a storage's life sit on its bar: its allocation, its free, the
+    // allocation that reused its block or judged its free
+    var onBar = a[0] === "free" || a[0] === "realloc" || a[0] === "judged" || a[0] === "alloc";
+    if (onBar && sid !== null && sid >= 0 && D.storages[sid]) {
       var s = D.storages[sid];
       if (!D.lanes[s[0]].host) return [X(col), rowY(s[0], s[1])];
     }
