@@ -434,6 +434,15 @@ def test_compact_report_takes_a_hazards_own_fix_and_says_what_was_not_seen():
     assert "  allocated:                   (not seen: allocated before tracking began)" in text
     assert "  used on env1:                val.py:42" in text
     assert "freed" not in text and "judged" not in text  # no site: no line
+    # or a function the tracker gives, which knows the tensor and the stream
+    tl, e = all_kinds_timeline()
+    named = {"unsynced-free": "call x.record_stream(side) before `del x` (example.py:6)"}
+    text = format_report(e.hazards(), fix_for=lambda h: named.get(h.kind))
+    assert "\n  fix: call x.record_stream(side) before `del x` (example.py:6)\n" in text
+    assert "  fix: " + KINDS["reuse-race"].hint in text
+    out = io.StringIO()
+    write_text(e.hazards(), out, fix_for=lambda h: named.get(h.kind))
+    assert "      fix: call x.record_stream(side) before `del x` (example.py:6)" in out.getvalue()
 
 
 def test_tracker_report_and_its_error_are_the_compact_form():

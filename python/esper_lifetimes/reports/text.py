@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 from esper_lifetimes import vocab
@@ -27,17 +27,24 @@ from esper_lifetimes.reports._common import (
 from esper_lifetimes.reports.analysis import Analysis
 from esper_lifetimes.reports.timeline import Timeline
 
+FixFor = Callable[[Any], "str | None"]
+"""``fix_for(hazard)``: the fix of one hazard naming the real tensor and stream (the
+tracker knows them), or None for the kind's general hint."""
 
-def _fix(hazard: Any, d: Mapping[str, Any]) -> str:
+
+def _fix(hazard: Any, d: Mapping[str, Any], fix_for: FixFor | None = None) -> str:
     """The fix line of one hazard: its own (naming the real tensor and stream, when the
-    tracker knows them: a ``fix`` attribute or key), else its kind's hint."""
-    own = hazard.get("fix") if isinstance(hazard, Mapping) else getattr(hazard, "fix", None)
+    tracker knows them: ``fix_for(hazard)``, or a ``fix`` attribute or key), else its
+    kind's hint."""
+    own = fix_for(hazard) if fix_for is not None else None
+    if not own:
+        own = hazard.get("fix") if isinstance(hazard, Mapping) else getattr(hazard, "fix", None)
     if own:
         return str(own)
     return _kind_info(d["kind"]).hint
 
 
-def _compact_lines(hazard: Any, src: _Sources) -> list[str]:
+def _compact_lines(hazard: Any, src: _Sources, fix_for: FixFor | None) -> list[str]:
     d = hazard_dict(hazard)
     head = f"{str(d['severity']).upper()} {d['kind']}"
     if d["count"] > 1:
@@ -61,7 +68,7 @@ def _compact_lines(hazard: Any, src: _Sources) -> list[str]:
         on = f" on {stream}" if stream else ""
         code = src.line(site)
         lines.append(f"  {label + on + ':':<28} {where}" + (f"    {code}" if code else ""))
-    fix = _fix(hazard, d)
+    fix = _fix(hazard, d, fix_for)
     if fix:
         lines.append(f"  fix: {fix}")
     return lines
@@ -73,10 +80,12 @@ def format_report(
     *,
     sources: Mapping[str, str] | None = None,
     read_sources: bool = True,
+    fix_for: FixFor | None = None,
 ) -> str:
     """The compact report (exception messages, pytest failures, ``Tracker.report()``):
     errors first, then advice; for each hazard its message, its sites with their source
-    lines, and the fix. ``diagnostics``: the tracker's count of internal failures."""
+    lines, and the fix (``fix_for``: see :data:`FixFor`). ``diagnostics``: the tracker's
+    count of internal failures."""
     hs = list(hazards)
     src = _Sources(sources, read_sources)
     errors = [h for h in hs if hazard_dict(h)["severity"] == "error"]
@@ -84,7 +93,7 @@ def format_report(
     out = [f"esper-lifetimes: {_plural(len(errors), 'error')}, {len(advice)} advice"]
     for h in errors + advice:
         out.append("")
-        out.extend(_compact_lines(h, src))
+        out.extend(_compact_lines(h, src, fix_for))
     if diagnostics:
         out.append("")
         out.append(f"({diagnostics} internal diagnostic(s): see Tracker.diagnostics)")
@@ -99,12 +108,14 @@ def write_text(
     sources: Mapping[str, str] | None = None,
     read_sources: bool = True,
     width: int = 100,
+    fix_for: FixFor | None = None,
 ) -> None:
     """The human-readable report on ``file`` (stderr by default): hazards grouped by kind,
     errors first, each with its count, streams, storage and source lines.
 
     ``sources`` maps file names to their text, for source lines of sites ``file:line``;
-    files that exist are read too unless ``read_sources`` is False.
+    files that exist are read too unless ``read_sources`` is False. ``fix_for``: a
+    hazard's own fix (:data:`FixFor`), shown under it when it says more than the hint.
     """
     out = sys.stderr if file is None else file
     hazards_in = list(hazards)
@@ -162,7 +173,7 @@ def write_text(
                 out.write(line.rstrip() + "\n")
             out.write("\n".join(wrap.wrap(h["message"])) + "\n")
             own = hazards_in[i] if i < len(hazards_in) else None
-            own_fix = _fix(own, h) if own is not None else ""
+            own_fix = _fix(own, h, fix_for) if own is not None else ""
             if own_fix and own_fix != _kind_info(kind).hint:
                 out.write("\n".join(wrap.wrap("fix: " + own_fix)) + "\n")
         hint = _kind_info(kind).hint
