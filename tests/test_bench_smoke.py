@@ -49,6 +49,10 @@ def test_bench_hooks_prints_untracked_and_always_on_costs():
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
-    assert [r[0] for r in rows] == ["record_stream", "wait_stream", "stream_synchronize", "item"]
-    assert all(len(r) == 4 and r[1].endswith("us") for r in rows)
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[:4] == ["call", "untracked", "always-on", "extra"], proc.stdout
+    rows = [line.split() for line in lines[2:-1]]
+    names = ["record_stream", "wait_stream", "event_record", "event_wait"]
+    assert [r[0] for r in rows] == [*names, "stream_synchronize", "item"], proc.stdout
+    assert all(len(r) == 5 and r[1].endswith("us") and r[4] in ("PASS", "MISS") for r in rows)
+    assert lines[-1].startswith("worst extra per hooked call: "), proc.stdout
