@@ -349,6 +349,7 @@ side.wait_stream(virtual.current_stream())
 with virtual.stream(side):
     y = x * 2
 del x
+z = torch.zeros(1024)  # the next allocation on the default stream: x's free is judged
 virtual.synchronize()
 """
 
