@@ -3,7 +3,7 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin mypy
+DEPS    := torch numpy pytest hypothesis pytest-xdist jsonschema ruff maturin mypy timm diffusers accelerate
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -14,8 +14,10 @@ $(VPY):
 
 # Installs only what is missing: a second run costs one import check.
 setup: $(VPY)
-	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin, mypy" \
+	@$(VPY) -c "import torch, numpy, pytest, hypothesis, xdist, jsonschema, maturin, mypy, timm, diffusers, accelerate" \
 	  2>/dev/null || $(VPY) -m pip install -q $(DEPS)
+	@# tests/test_libraries.py: timm 1.0.20 (its PrefetchLoader's stream bug), beside the current one
+	@[ -d $(VENV)/timm-1.0.20/timm ] || $(VPY) -m pip install -q --no-deps --target $(VENV)/timm-1.0.20 timm==1.0.20
 	@command -v ruff >/dev/null || $(VPY) -m pip install -q ruff
 
 # Only the test set-up installs a browser (the HTML report test opens the report in real

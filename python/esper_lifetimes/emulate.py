@@ -420,8 +420,8 @@ class StreamContext:
         tl.device, virtual._state.stream, tl.streams = saved[0], saved[1], saved[2]
 
 
-def stream(s: Any) -> StreamContext:
-    return StreamContext(s)
+def stream(stream: Any) -> StreamContext:
+    return StreamContext(stream)
 
 
 def synchronize(device: Any = None) -> None:
