@@ -18,6 +18,7 @@ an event for the trackers.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -185,6 +186,8 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
     tracker gets a safe point (where a ``raise`` policy may raise).
     """
 
+    if _pending_base is not None:
+        raise_pending()
     def patched(*args: Any, **kwargs: Any) -> Any:
         st = _tls
         if not st.active or st.depth:
@@ -368,6 +371,7 @@ def _restore(saved: list[tuple[Any, str, Any]]) -> None:
             except AttributeError:  # pragma: no cover
                 pass
         else:
+    install_signal_guard()
             setattr(owner, name, own)
 
 
@@ -390,3 +394,105 @@ def originals() -> dict[str, Any]:
         key = f"{getattr(owner, '__qualname__', getattr(owner, '__name__', owner))}.{name}"
         out[key] = owner.__dict__.get(name, _MISSING)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Signals that land in the tracker's own callbacks
+#
+# A signal handler runs in the main thread between two bytecodes, wherever they are: also
+# inside a weakref callback of the tracker (a storage's free). Python swallows what such a
+# callback raises (it prints "Exception ignored in ..."), so a Ctrl-C landing there would
+# be lost. Whatever is not an ``Exception`` is handed back to the program instead:
+#
+# * a ``KeyboardInterrupt`` by simulating the SIGINT again (``_thread.interrupt_main``:
+#   the program's own handler runs again). Not from inside the callback, where the
+#   handler would run at once and be swallowed again, but from a helper thread woken
+#   through a C-level queue: by the time it runs, the main thread is (very likely) out of
+#   the callback; if it is not, the callback catches it again and hands it on again.
+# * anything else (a handler's ``SystemExit``) is raised at the next safe point
+#   (:func:`raise_pending`: a patched call, a tracker's safe point, a region's exit).
+#
+# Also a ``KeyboardInterrupt`` that lands in one of these callbacks before it could catch
+# it, or in the weakref callbacks of the standard library's weak containers, reaches
+# ``sys.unraisablehook``: a hook chained in front of it hands those back the same way.
+
+_pending_base: BaseException | None = None
+_redeliver_q: Any = None
+_redeliver_lock = threading.Lock()
+
+
+def _redeliverer(q: Any) -> None:  # pragma: no cover - runs in its own thread
+    import _thread
+    import signal
+
+    while True:
+        q.get()
+        _thread.interrupt_main(signal.SIGINT)
+
+
+def _start_redeliverer() -> Any:
+    global _redeliver_q
+    with _redeliver_lock:
+        if _redeliver_q is None:
+            import queue
+
+            q: Any = queue.SimpleQueue()
+            t = threading.Thread(
+                target=_redeliverer, args=(q,), name="esper-lifetimes-signals", daemon=True
+            )
+            t.start()
+            _redeliver_q = q
+    return _redeliver_q
+
+
+def redeliver(exc: BaseException) -> None:
+    """Hands ``exc``, caught inside one of the tracker's callbacks, back to the program."""
+    global _pending_base
+    if isinstance(exc, KeyboardInterrupt):
+        q = _redeliver_q
+        if q is None:
+            q = _start_redeliverer()
+        q.put(None)
+    else:
+        _pending_base = exc
+
+
+def raise_pending() -> None:
+    """Raises what :func:`redeliver` kept for the next safe point (the main thread only)."""
+    global _pending_base
+    exc = _pending_base
+    if exc is not None and threading.current_thread() is threading.main_thread():
+        _pending_base = None
+        raise exc
+
+
+_FOREIGN_CALLBACK_MODULES = ("_weakrefset", "weakref")
+
+
+def _ours(obj: Any) -> bool:
+    fn = getattr(obj, "__func__", obj)
+    mod = str(getattr(fn, "__module__", "") or "")
+    return mod.startswith("esper_lifetimes") or mod in _FOREIGN_CALLBACK_MODULES
+
+
+_prev_unraisablehook: Any = None
+
+
+def _unraisablehook(u: Any) -> None:
+    exc = getattr(u, "exc_value", None)
+    if exc is not None and not isinstance(exc, Exception) and _ours(getattr(u, "object", None)):
+        redeliver(exc)  # landed in a callback before it could catch it
+        return
+    prev = _prev_unraisablehook
+    (prev if prev is not None else sys.__unraisablehook__)(u)
+
+
+def install_signal_guard() -> None:
+    """Chains :func:`_unraisablehook` in front of ``sys.unraisablehook`` and starts the
+    helper thread (once; the thread sleeps until a signal must be handed back)."""
+    global _prev_unraisablehook
+    _start_redeliverer()
+    if sys.unraisablehook is _unraisablehook:
+        return
+    _prev_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _unraisablehook
