@@ -171,6 +171,23 @@ def test_numpy_integers_through_a_wrapped_engine_make_plain_reports(tmp_path):
     assert len(tl) == 4
 
 
+def test_timeline_from_event_dicts_checks_them_as_trace_lines():
+    from esper_lifetimes.trace import TraceError
+
+    tl = Timeline.from_events(
+        [
+            {"op": "alloc", "ptr": X, "nbytes": N, "stream": D, "site": "k.py:1"},
+            {"op": "launch", "stream": S, "reads": [X, N], "writes": [], "t_ns": 5},
+        ]
+    )
+    assert tl[1].args == {"stream": S, "reads": [X, N], "writes": [], "site": None}
+    assert tl[1].t_ns == 5
+    with pytest.raises(TraceError, match=r"^event 2: unknown op 'kernel'"):
+        Timeline.from_events([{"op": "flush"}, {"op": "kernel"}])
+    with pytest.raises(TraceError, match=r"^event 1: free: argument 'ptr' must be an integer"):
+        Timeline.from_events([{"op": "free", "ptr": True}])
+
+
 def test_timeline_does_not_record_rejected_calls():
     tl = Timeline()
     e = tl.wrap(Engine())

@@ -34,6 +34,7 @@ __all__ = [
     "RecordingEngine",
     "read_trace",
     "replay_trace",
+    "parse_event",
 ]
 
 FORMAT = "esper-lifetimes-trace"
@@ -82,11 +83,7 @@ class TraceEvent(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         """The event as its trace object: ``op`` then the arguments not at their default."""
-        obj: dict[str, Any] = {"op": self.op}
-        for (name, _kind, default), value in zip(OPS[self.op], self.args, strict=True):
-            if default is _REQUIRED or value is not default:
-                obj[name] = value
-        return obj
+        return vocab.event_dict(self.op, self.args)
 
     def apply(self, engine: Any) -> Any:
         """Call the engine method this event stands for."""
@@ -135,6 +132,15 @@ def _event_from_json(obj: Any, line: int) -> tuple[TraceEvent | None, str | None
     if reason:
         return None, reason
     return TraceEvent(op, values, line), None
+
+
+def parse_event(obj: Any, index: int) -> TraceEvent:
+    """One event object (``{"op": "alloc", "ptr": ..., ...}``) checked as the reader
+    checks a line; raises :class:`TraceError` naming ``event INDEX``."""
+    event, reason = _event_from_json(obj, index)
+    if reason:
+        raise TraceError(reason, where=f"event {index}", line=index)
+    return event  # type: ignore[return-value]
 
 
 def _check_header(obj: Any) -> str | None:
@@ -268,10 +274,7 @@ def _events_of(source: Any) -> tuple[Iterable[TraceEvent], str]:
             if isinstance(item, TraceEvent):
                 yield item
                 continue
-            event, reason = _event_from_json(item, index)
-            if reason:
-                raise TraceError(reason, where=f"event {index}", line=index)
-            yield event
+            yield parse_event(item, index)
 
     return checked(), ""
 
@@ -357,10 +360,7 @@ class TraceWriter:
         values, reason = _coerce(op, values)
         if reason:
             raise TraceError(reason)
-        obj: dict[str, Any] = {"op": op}
-        for (name, _kind, default), value in zip(OPS[op], values, strict=True):
-            if default is _REQUIRED or value != default:
-                obj[name] = value
+        obj = vocab.event_dict(op, values)
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self.events_written += 1
 

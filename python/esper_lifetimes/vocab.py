@@ -40,6 +40,7 @@ __all__ = [
     "BadArgument",
     "coerce",
     "bind",
+    "event_dict",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -527,6 +528,16 @@ def bind(op: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple:
     if given:
         raise TypeError(f"{op}() got unexpected argument(s) {', '.join(map(repr, given))}")
     return tuple(values)
+
+
+def event_dict(op: str, values: Sequence[Any]) -> dict[str, Any]:
+    """One call as its trace-format object: ``op``, then the arguments that are not at
+    their default (required ones always), by name."""
+    obj: dict[str, Any] = {"op": op}
+    for arg, value in zip(OPS[op].args, values, strict=True):
+        if arg.default is REQUIRED or value != arg.default:
+            obj[arg.name] = value
+    return obj
 
 
 # --------------------------------------------------------------------------------------

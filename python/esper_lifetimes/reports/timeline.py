@@ -114,18 +114,18 @@ class Timeline:
         cls, events: Iterable[Any], *, meta: Mapping[str, Any] | None = None
     ) -> Timeline:
         """A timeline of trace events: dicts ``{"op": ..., <named args>}`` (an optional
-        ``"t_ns"`` key gives the timestamp) or objects with ``op``, ``args`` (positional, in
-        the Engine's order) and optionally ``line`` (``trace.TraceEvent``)."""
+        ``"t_ns"`` key gives the timestamp; each is checked as a trace line is, a bad one
+        is a ``TraceError``) or objects with ``op``, ``args`` (positional, in the Engine's
+        order) and optionally ``line`` (``trace.TraceEvent``)."""
+        from esper_lifetimes.trace import parse_event
+
         timeline = cls(clock=None, meta=meta)
         lines: list[int] = []
-        for index, item in enumerate(events):
+        for index, item in enumerate(events, start=1):
             if isinstance(item, Mapping):
                 obj = dict(item)
-                op = obj.pop("op", None)
                 t_ns = obj.pop("t_ns", None)
-                if op not in _OPS:
-                    raise ValueError(f"event {index}: unknown op {op!r}")
-                args = vocab.bind(op, (), obj)
+                op, args = parse_event(obj, index)[:2]  # checked as a trace line is
                 line = None
             else:
                 op, args, t_ns = item.op, tuple(item.args), None
@@ -183,15 +183,11 @@ class Timeline:
         """The calls as trace-format dicts (sites as strings, defaults left out)."""
         out = []
         for _t_ns, op, args in self._events:
-            obj: dict[str, Any] = {"op": op}
-            for (name, default), value in zip(_OPS[op], args, strict=True):
-                if name == "site":
-                    value = self._site(value)
-                elif type(value) is tuple:  # launch ranges
-                    value = list(value)
-                if default is _R or value != default:
-                    obj[name] = value
-            out.append(obj)
+            if op in _HAS_SITE:
+                args = args[:-1] + (self._site(args[-1]),)
+            if op == "launch":
+                args = (args[0], list(args[1]), list(args[2]), args[3])
+            out.append(vocab.event_dict(op, args))
         return out
 
     def _site(self, site: Any) -> str | None:
