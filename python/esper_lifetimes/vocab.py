@@ -58,6 +58,14 @@ COLORS: Final[dict[str, str]] = {
     "redundant-record-stream": "#1c7ed6",
 }
 OTHER_COLOR: Final = "#495057"
+# For a kind the engine knows and COLORS does not (yet): a new kind needs no edit here.
+_SPARE_COLORS: Final = ("#2b8a3e", "#e8590c", "#862e9c", "#1098ad", "#a61e4d", "#5c940d")
+
+
+def _color(name: str) -> str:
+    import zlib
+
+    return COLORS.get(name) or _SPARE_COLORS[zlib.crc32(name.encode()) % len(_SPARE_COLORS)]
 
 # The kinds as the engine exports them (``_core.KINDS``), for when it cannot be loaded.
 # Roles: (label, site field, stream-name field or None), in the order of the story.
@@ -183,7 +191,7 @@ def _kind_info(d: Mapping[str, Any]) -> KindInfo:
         title=str(d["title"]),
         hint=str(d["hint"]),
         roles=tuple(_role(r) for r in d.get("roles", ())),
-        color=COLORS.get(name, OTHER_COLOR),
+        color=_color(name),
     )
 
 
