@@ -502,6 +502,16 @@ def test_schema_is_valid_draft_2020_12():
     assert schema["properties"]["version"]["const"] == SCHEMA_VERSION
 
 
+def test_json_report_of_every_kind_validates_with_its_anchors():
+    tl, e = all_kinds_timeline()
+    doc = report_dict(e.hazards(), tl)
+    validate(doc)
+    kinds = {h["kind"]: h for h in doc["hazards"]}
+    assert set(kinds) == set(KINDS)
+    assert [a["role"] for a in kinds["unwaited-allocation"]["anchors"]] == ["alloc", "access"]
+    assert [a["role"] for a in kinds["unsynced-free"]["anchors"]] == ["use", "free", "judged"]
+
+
 def test_json_report_validates(tmp_path):
     tl, e, at = worked_example()
     path = tmp_path / "report.json"
