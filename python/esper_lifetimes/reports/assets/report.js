@@ -251,9 +251,9 @@
     });
     // hazards
     var gh = el("g", { "class": "hazards" }, svg);
-    // errors drawn last (on top); unsynced-free over the reuse-race that shares its segment
-    var order = ["redundant-record-stream", "host-write-during-copy", "host-read-before-copy",
-      "unsynced-access", "reuse-race", "unsynced-free"];
+    // the engine's kind order reversed: errors drawn last (on top), unsynced-free over
+    // the reuse-race that shares its segment (D.kinds is in the engine's order)
+    var order = Object.keys(D.kinds).reverse();
     var sorted = D.hazards.slice().sort(function (a, b) {
       return order.indexOf(a.kind) - order.indexOf(b.kind) || a.id - b.id;
     });
