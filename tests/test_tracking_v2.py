@@ -506,3 +506,103 @@ def test_a_dlpack_import_shares_memory(B):
     h = _only(t, "unsynced-free")
     assert (tag_of(h.alloc_site), tag_of(h.free_site)) == ("alloc", "free")
     del y, tmp, z
+
+
+# ---------------------------------------------------------------------------------------
+# Item 9: threads started inside a region are tracked, each on its own current stream.
+
+
+def _in_thread(fn):
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            errors.append(exc)
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+    if errors:
+        raise errors[0]
+
+
+def test_a_thread_started_in_the_region_is_tracked(B):
+    s = B.Stream("s")
+    out = []
+    with B.track() as t:
+        x = B.randn(N)  # @write
+
+        def worker():
+            with B.stream(s):  # the worker's own current stream
+                out.append(x * 2)  # @use
+
+        _in_thread(worker)
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    assert tag_of(_only(t, "unsynced-access").other_site) == "write"
+
+
+def test_a_thread_has_its_own_current_stream(B):
+    # s is current on the main thread; the worker starts on the default stream, where x
+    # was written: no race.
+    s = B.Stream("s")
+    out = []
+    with B.track() as t:
+        x = B.randn(N)
+        with B.stream(s):
+
+            def worker():
+                out.append(x * 2)
+
+            _in_thread(worker)
+    assert t.hazards == [], t.report()
+
+
+def test_a_hazard_in_a_thread_is_raised_in_the_region_not_in_the_thread(V):
+    import esper_lifetimes
+
+    s = V.Stream("s")
+    out = []
+    with pytest.raises(esper_lifetimes.LifetimeHazardError) as info:
+        with esper_lifetimes.track("raise", cpu="device"):
+            x = V.randn(N)
+
+            def worker():
+                with V.stream(s):
+                    out.append(x * 2)  # @use
+
+            _in_thread(worker)  # the worker itself finishes normally
+    assert [h.kind for h in info.value.hazards] == ["unsynced-access"]
+    assert tag_of(info.value.hazards[0].use_site) == "use"
+    assert len(out) == 1
+
+
+def test_a_thread_outliving_the_region_is_no_longer_tracked_and_start_is_restored(V):
+    import threading
+
+    orig = threading.Thread.start
+    go, done = threading.Event(), threading.Event()
+    out = []
+    s = V.Stream("s")
+
+    def worker():
+        go.wait()
+        with V.stream(s):
+            out.append(torch.randn(N) * 2)
+        done.set()
+
+    with V.track() as t:
+        th = threading.Thread(target=worker)
+        th.start()
+        assert threading.Thread.start is not orig
+    assert threading.Thread.start is orig
+    n = t.engine.stats()["events_processed"]
+    go.set()
+    done.wait(10)
+    th.join()
+    assert len(out) == 1
+    assert t.engine.stats()["events_processed"] == n
+    assert t.diagnostics == []
