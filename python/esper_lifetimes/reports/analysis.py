@@ -203,7 +203,8 @@ class _Replayer:
         """Update the model after the engine accepted ``op(*args)`` at event ``seq``, and
         place the hazards it opened or repeated."""
         a, engine = self.a, self.engine
-        maybe_repeat = getattr(self, "op_" + op)(seq, *args)
+        model = getattr(self, "op_" + op, None)  # an op this model does not draw: none
+        maybe_repeat = model(seq, *args) if model is not None else True
         n = engine.hazard_count()
         known = len(self.counts)
         if maybe_repeat and known and known <= _MAX_REPEAT_SCAN:
