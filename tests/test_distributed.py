@@ -87,7 +87,8 @@ def _only(res: dict, kind: str) -> dict:
 def test_two_ranks_spawn_gloo(tmp_path):
     """Async collectives on the group's internal stream: read or overwrite before wait()
     is an unsynced-access there, naming the collective and the rank; waited is clean;
-    sync collectives run on the current stream; emulated CUDA code likewise."""
+    sync collectives run on the current stream; emulated CUDA code likewise; functional
+    collectives; DDP's C++ collectives counted unseen."""
     from distributed_worker import SPAWNED  # noqa: F401 - import check before spawning
 
     names = [f.__name__ for f in SPAWNED]
@@ -127,6 +128,19 @@ def test_two_ranks_spawn_gloo(tmp_path):
         assert _at(h["use_site"], "emu-early") and _at(h["other_site"], "emu-coll")
         assert res["emulated_waited"]["hazards"] == []
 
+        # functional collectives: the input overwritten before wait_tensor; an
+        # AsyncCollectiveTensor waits at its first use
+        h = _only(res["functional"], "unsynced-access")
+        assert h["other_stream_name"] == f"gloo:group0:cpu functional all_reduce (rank {rank})"
+        assert _at(h["use_site"], "fc-overwrite") and _at(h["other_site"], "fc-coll")
+        assert res["functional"]["seen"] == {"functional all_reduce": 2}
+
+        # DDP's reducer issues its collectives from C++: reported as unseen, with lines
+        ddp = res["ddp"]
+        assert ddp["hazards"] == [] and ddp["seen"] == {}
+        assert any(k.startswith("c10d::allreduce_ (") for k in ddp["unseen"]), ddp
+        assert any(k.endswith(_line("ddp-backward") + ")") for k in ddp["unseen"]), ddp
+
 
 def _torchrun(tmp_path) -> tuple[str, str, subprocess.CompletedProcess]:
     reports, scen = str(tmp_path / "reports"), str(tmp_path / "scenarios")
@@ -159,7 +173,7 @@ def test_torchrun_ranks_and_merged_report(tmp_path):
     """torchrun --nproc-per-node 2 wrapping esper-lifetimes run: every rank tracked, its
     report in REPORTS/rank<R> tagged with rank and world size; the merge names rank,
     collective and lines, shared hazards once; side-stream frees, point-to-point,
-    functional collectives, bucketed overlap, DDP (unseen) and FSDP2."""
+    bucketed overlap and FSDP2."""
     reports, scen, _proc = _torchrun(tmp_path)
     res = {}
     for r in (0, 1):
@@ -174,11 +188,6 @@ def test_torchrun_ranks_and_merged_report(tmp_path):
         assert h["use_stream_name"] == f"gloo:group0:cpu all_reduce (rank {r})"
         assert _at(h["use_site"], "side-coll") and _at(h["free_site"], "side-free")
         assert _at(h["other_site"], "side-next")
-        # functional collectives: the input overwritten before wait_tensor
-        h = _only(res[r]["functional"], "unsynced-access")
-        assert h["other_stream_name"] == f"gloo:group0:cpu functional all_reduce (rank {r})"
-        assert _at(h["use_site"], "fc-overwrite") and _at(h["other_site"], "fc-coll")
-        assert res[r]["functional"]["seen"] == {"functional all_reduce": 2}
         # written correctly: clean
         assert res[r]["bucketed_allreduce"]["hazards"] == []
         assert res[r]["bucketed_allreduce"]["seen"] == {"all_reduce": 6}
@@ -188,10 +197,6 @@ def test_torchrun_ranks_and_merged_report(tmp_path):
         assert fsdp["hazards"] == []
         assert fsdp["seen"].get("all_gather_single", 0) > 0
         assert fsdp["seen"].get("reduce_scatter_single", 0) > 0
-        # DDP's reducer issues its collectives from C++: reported as unseen
-        ddp = res[r]["ddp"]
-        assert ddp["hazards"] == [] and ddp["seen"] == {}
-        assert any(k.startswith("c10d::allreduce_ (") for k in ddp["unseen"]), ddp
         p2p = res[r]["p2p"]
         assert p2p["seen"]["batch_isend_irecv isend"] == 1
     assert res[0]["p2p"]["hazards"] == []
