@@ -553,7 +553,10 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
         first = (reads or writes or [None])[0]
         coll = None
         if work is not None and first is not None:
-            cuda, dev, _label = _device_of(first)
+            try:
+                cuda, dev, _label = _device_of(first)
+            except Exception:  # a tensor without storage: not modelled
+                return result
             coll = _Coll(name, reads + writes, cuda, dev)
         site_of = dict((id(tr), s) for tr, s in sites)
 
@@ -602,9 +605,12 @@ def _make_batch(orig: Callable[..., Any]) -> Callable[..., Any]:
         with _Inside():
             works = orig(p2p_op_list)
         colls: list[_Coll] = []
-        for kind, t, _g, _send in ops:
-            cuda, dev, _label = _device_of(t)
-            colls.append(_Coll(f"batch_isend_irecv {kind}", [t], cuda, dev))
+        try:
+            for kind, t, _g, _send in ops:
+                cuda, dev, _label = _device_of(t)
+                colls.append(_Coll(f"batch_isend_irecv {kind}", [t], cuda, dev))
+        except Exception:  # a tensor without storage: not modelled
+            return works
 
         def model(tr: Any) -> None:
             for (kind, t, g, send), c in zip(ops, colls, strict=True):
@@ -772,8 +778,11 @@ def _make_functional(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
             result = orig(*args, **kwargs)
         if not isinstance(src, _Tensor) or not isinstance(result, _Tensor):
             return result
-        out, pending_wait = _unwrap_out(result)
-        cuda, dev, _label = _device_of(src)
+        try:
+            out, pending_wait = _unwrap_out(result)
+            cuda, dev, _label = _device_of(src)
+        except Exception:  # a tensor without storage: not modelled
+            return result
         coll = _Coll(f"functional {name}", [src, out], cuda, dev) if pending_wait else None
 
         def model(tr: Any) -> None:
