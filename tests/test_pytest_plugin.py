@@ -722,3 +722,47 @@ def test_always_on_in_a_test_run_checks_every_test_and_says_how_many_ops(
             "checked at sample 0.0: raise --lifetimes-sample)"
         ]
     )
+
+
+def test_a_monkeypatch_leaves_no_tracker_wrapper_on_torch(pytester: pytest.Pytester) -> None:
+    _write(
+        pytester,
+        "test_patching",
+        """
+ORIGINAL = torch.Tensor.__dict__["record_stream"]
+
+
+@pytest.fixture(scope="module")
+def quiet_record_stream():
+    with pytest.MonkeyPatch.context() as mp:  # set up inside the first test's region
+        mp.setattr(torch.Tensor, "record_stream", lambda self, s: None)
+        yield
+
+
+def test_one(quiet_record_stream):
+    pass
+
+
+def test_two(quiet_record_stream, monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: [])
+""",
+    )
+    _write(
+        pytester,
+        "test_zz_after",
+        """
+from test_patching import ORIGINAL
+
+
+@pytest.mark.lifetimes(mode="off")
+def test_afterwards_torch_is_itself():  # the module fixture's monkeypatch is undone
+    assert torch.Tensor.__dict__["record_stream"] is ORIGINAL
+    assert "tolist" not in torch.Tensor.__dict__
+""",
+    )
+    result = _run(pytester, "-p", "no:randomly", "--lifetimes")
+    assert _outcomes(result) == {
+        "test_one": "PASSED",
+        "test_two": "PASSED",
+        "test_afterwards_torch_is_itself": "PASSED",
+    }, result.stdout.str()

@@ -124,3 +124,80 @@ def test_a_region_that_yields_to_inner_ones_is_suspended_while_they_run():
     assert outer.errors[0].count == 1  # only the read made after the inner region
     assert inner.errors == []
     del b, c
+
+
+# -- restore exactly what was installed (issue 10, item 12) -----------------------------
+
+
+def test_a_region_exited_on_another_thread_is_refused_and_its_thread_stays_right():
+    import threading
+
+    before = _snapshot()
+    region = esper_lifetimes.track("collect")
+    region.__enter__()
+    assert torch._C._len_torch_dispatch_stack() == 1
+    errors = []
+
+    def exit_elsewhere():
+        depth = torch._C._len_torch_dispatch_stack()  # a thread started inside: tracked
+        try:
+            region.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        errors.append(torch._C._len_torch_dispatch_stack() - depth)
+
+    t = threading.Thread(target=exit_elsewhere)
+    t.start()
+    t.join()
+    assert len(errors) == 2 and "exited on the thread that entered it" in errors[0]
+    assert errors[1] == 0  # nothing pushed or popped on the other thread
+    # nothing changed on the owning thread: still tracked, and its own exit restores all
+    assert region.active and patches.installed()
+    assert torch._C._len_torch_dispatch_stack() == 1
+    region.__exit__(None, None, None)
+    assert _snapshot() == before
+
+
+def test_a_patch_another_library_installs_during_a_region_survives_its_exit():
+    before = torch.cuda.synchronize
+
+    def library_sync(*args, **kwargs):  # another library's wrapper, installed inside
+        return inner(*args, **kwargs)
+
+    with esper_lifetimes.track("collect"):
+        inner = torch.cuda.synchronize  # ours
+        torch.cuda.synchronize = library_sync
+        tolist_inside = torch.Tensor.tolist
+    try:
+        assert torch.cuda.synchronize is library_sync  # theirs stays
+        assert torch.Tensor.tolist is not tolist_inside  # ours, not covered: restored
+        assert not patches.installed()
+    finally:
+        torch.cuda.synchronize = before
+        patches.heal()
+
+
+def test_a_monkeypatch_inside_a_region_leaves_no_wrapper_behind():
+    original = torch.Tensor.__dict__["record_stream"]
+    mp = pytest.MonkeyPatch()
+    with esper_lifetimes.track("collect"):
+        mp.setattr(torch.Tensor, "record_stream", lambda self, s: None)  # saves ours
+    assert torch.Tensor.__dict__["record_stream"] is not original  # the monkeypatch's
+    mp.undo()  # puts back what it saved: our wrapper, restored since
+    patches.heal()  # the plugin calls it after each test; the next install does too
+    assert torch.Tensor.__dict__["record_stream"] is original
+
+
+def test_a_wrapper_put_back_heals_itself_at_its_next_call():
+    original = torch.cuda.synchronize
+    mp = pytest.MonkeyPatch()
+    with esper_lifetimes.track("collect"):
+        mp.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    mp.undo()
+    assert torch.cuda.synchronize is not original  # ours, put back by the monkeypatch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    else:
+        with pytest.raises((RuntimeError, AssertionError)):
+            torch.cuda.synchronize()  # the original runs (and fails without a GPU)
+    assert torch.cuda.synchronize is original

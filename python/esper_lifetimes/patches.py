@@ -175,6 +175,8 @@ def _feed(trackers: list[Any], method: str, *args: Any) -> None:
 
 
 def _safe_points(trackers: list[Any]) -> None:
+    if _pending_base is not None:
+        raise_pending()
     for tr in tuple(trackers):
         tr._safe_point()
 
@@ -186,11 +188,11 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
     tracker gets a safe point (where a ``raise`` policy may raise).
     """
 
-    if _pending_base is not None:
-        raise_pending()
     def patched(*args: Any, **kwargs: Any) -> Any:
         st = _tls
         if not st.active or st.depth:
+            if _stale and not _install_count:
+                heal()  # left behind under another patch, come back since: the original
             return orig(*args, **kwargs)
         st.depth += 1
         try:
@@ -334,10 +336,15 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
 
 
 _MISSING = object()
-_install_lock = threading.Lock()
+_install_lock = threading.RLock()  # reentrant: a wrapper may heal while installing
 _install_count = 0
-# (owner, name, value in owner.__dict__ before, or _MISSING)
-_saved: list[tuple[Any, str, Any]] = []
+# (owner, name, value in owner.__dict__ before or _MISSING, the wrapper installed)
+_saved: list[tuple[Any, str, Any, Any]] = []
+# Wrappers of ours that another patch covered when they were to be restored (another
+# library patched the attribute during a region, a test's monkeypatch): the other patch
+# stays; if our wrapper comes back later (the monkeypatch is undone), heal() restores the
+# original then. Same entries as _saved.
+_stale: list[tuple[Any, str, Any, Any]] = []
 
 
 def installed() -> bool:
@@ -347,15 +354,19 @@ def installed() -> bool:
 def install() -> None:
     """Installs the patches (reference-counted)."""
     global _install_count
+    install_signal_guard()
     with _install_lock:
         if _install_count == 0:
-            done: list[tuple[Any, str, Any]] = []
+            _heal_locked()
+            done: list[tuple[Any, str, Any, Any]] = []
             try:
                 for owner, name, make in _patch_table():
                     own = owner.__dict__.get(name, _MISSING)
                     orig = getattr(owner, name)
-                    setattr(owner, name, make(orig))
-                    done.append((owner, name, own))
+                    ours = make(orig)
+                    ours.__esper_patch__ = True
+                    setattr(owner, name, ours)
+                    done.append((owner, name, own, ours))
             except BaseException:
                 _restore(done)
                 raise
@@ -363,16 +374,49 @@ def install() -> None:
         _install_count += 1
 
 
-def _restore(saved: list[tuple[Any, str, Any]]) -> None:
-    for owner, name, own in reversed(saved):
-        if own is _MISSING:
-            try:
-                delattr(owner, name)
-            except AttributeError:  # pragma: no cover
-                pass
+def _put_back(owner: Any, name: str, own: Any) -> None:
+    if own is _MISSING:
+        try:
+            delattr(owner, name)
+        except AttributeError:  # pragma: no cover
+            pass
+    else:
+        setattr(owner, name, own)
+
+
+def _restore(saved: list[tuple[Any, str, Any, Any]]) -> None:
+    """Restores exactly what :func:`install` replaced: an attribute that still holds our
+    wrapper gets its original back; one that another patch replaced meanwhile keeps that
+    patch (remembered in ``_stale``, in case our wrapper comes back under it)."""
+    for entry in reversed(saved):
+        owner, name, own, ours = entry
+        if owner.__dict__.get(name, _MISSING) is ours:
+            _put_back(owner, name, own)
         else:
-    install_signal_guard()
-            setattr(owner, name, own)
+            _stale.append(entry)
+    del _stale[:-64]  # bounded: the most recent covered wrappers
+
+
+def _heal_locked() -> None:
+    keep = []
+    for entry in _stale:
+        owner, name, own, ours = entry
+        cur = owner.__dict__.get(name, _MISSING)
+        if cur is ours:
+            _put_back(owner, name, own)  # our wrapper came back: the original now
+        elif cur is not own:
+            keep.append(entry)  # still covered by another patch
+    _stale[:] = keep
+
+
+def heal() -> None:
+    """Outside every region: where a wrapper of ours came back after it was restored (a
+    ``monkeypatch`` undone after the region that it covered), the original again."""
+    if not _stale:
+        return
+    with _install_lock:
+        if _install_count == 0:
+            _heal_locked()
 
 
 def uninstall() -> None:
@@ -385,6 +429,7 @@ def uninstall() -> None:
         if _install_count == 0:
             _restore(_saved)
             _saved.clear()
+            _heal_locked()
 
 
 def originals() -> dict[str, Any]:

@@ -724,11 +724,21 @@ class Tracker:
         self._start()
         self._attach()
         self._state = "active"
+        self._owner = threading.get_ident()
         return self
 
     def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> bool:
         if self._state != "active":
             return False
+        owner = getattr(self, "_owner", None)
+        if owner is not None and owner != threading.get_ident():
+            # its dispatch mode and patch state live on the entering thread: leave them
+            # as they are (that thread can still exit the region) and refuse
+            raise RuntimeError(
+                f"a track() region is exited on the thread that entered it (entered on "
+                f"thread {owner}, exited on thread {threading.get_ident()}); nothing "
+                "was changed: exit it on its own thread"
+            )
         try:
             self._detach()
         finally:
