@@ -136,10 +136,10 @@ def _sgd(model: torch.nn.Module, lr: float = 0.1) -> None:
             p.grad = None
 
 
-def bucketed_allreduce(rank: int) -> None:
+def bucketed_allreduce(rank: int, device: str = "cpu") -> None:
     """Gradient buckets all-reduced while backward goes on (as DDP does), waited before
     the optimizer reads them: correct."""
-    model = _model()
+    model = _model().to(device)
     params = [p for p in model.parameters()]
     buckets: list[list[torch.nn.Parameter]] = [params[4:], params[2:4], params[:2]]
     ready: dict[int, int] = {}
@@ -154,7 +154,7 @@ def bucketed_allreduce(rank: int) -> None:
                     inflight.append((dist.all_reduce(flat, async_op=True), flat, b))
 
     handles = [p.register_post_accumulate_grad_hook(hook) for p in params]
-    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank)).to(device)
     for _ in range(2):
         ready.clear()
         model(x).square().mean().backward()
@@ -220,6 +220,28 @@ def emulated_waited(rank: int) -> None:
         assert float(y[0].cpu()) == 4.0
 
 
+def emulated_bucketed_allreduce(rank: int) -> None:
+    """The bucketed overlap, in unmodified CUDA code (emulated): clean."""
+    from esper_lifetimes.emulate import emulate_cuda
+
+    with emulate_cuda():
+        bucketed_allreduce(rank, "cuda")
+
+
+def future_and_polling(rank: int) -> None:
+    """Waiting through the work's future, or polling is_completed(): both order the read."""
+    x = torch.ones(64)
+    fut = dist.all_reduce(x, async_op=True).get_future()
+    fut.wait()
+    a = x * 2
+    y = torch.ones(64)
+    work = dist.all_reduce(y, async_op=True)
+    while not work.is_completed():
+        pass
+    b = y * 2
+    assert float(a[0]) == float(b[0]) == 4.0
+
+
 def cuda_read_before_wait(rank: int) -> None:
     """Real CUDA tensors (NCCL): the read before wait(), then the fix."""
     x = torch.ones(1 << 16, device="cuda")
@@ -241,6 +263,8 @@ SPAWNED = [
     sync_collectives,
     emulated_read_before_wait,
     emulated_waited,
+    emulated_bucketed_allreduce,
+    future_and_polling,
     functional,  # emulation, functional collectives and DDP all import torch._dynamo:
     ddp,  # once per process
 ]

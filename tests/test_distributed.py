@@ -127,6 +127,10 @@ def test_two_ranks_spawn_gloo(tmp_path):
         assert h["use_stream_name"] in ("default", "cuda:0 default")  # emulation names it
         assert _at(h["use_site"], "emu-early") and _at(h["other_site"], "emu-coll")
         assert res["emulated_waited"]["hazards"] == []
+        emu = res["emulated_bucketed_allreduce"]
+        assert emu["hazards"] == [] and emu["seen"] == {"all_reduce": 6}
+        assert res["future_and_polling"]["hazards"] == []
+        assert res["future_and_polling"]["pending"] == 0
 
         # functional collectives: the input overwritten before wait_tensor; an
         # AsyncCollectiveTensor waits at its first use
