@@ -228,7 +228,7 @@ GOOD_KINDS = (
     + ["copy_to_host", "copy_from_host", "host_access", "host_access", "host_release"]
     + ["hb"] * 3
     + ["life"] * 3
-    + ["adopt", "flush"]
+    + ["adopt", "flush", "flush"]
     + ["deferred"] * 4
     + ["unwaited"] * 3
     + ["copies"] * 2
@@ -860,7 +860,7 @@ def check_trace(streams, events, virtual, declare_first, ops, scale=1) -> None:
 
 
 @settings(
-    max_examples=3000,
+    max_examples=2500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
