@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 esper_lifetimes = pytest.importorskip("esper_lifetimes")
+DEFAULT_SAMPLE = pytest.importorskip("esper_lifetimes.modes").DEFAULT_SAMPLE
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training_loop.py"
 
@@ -87,8 +88,8 @@ def test_quick_run_exits_0_and_prints_its_lines():
         # the figures are printed (their targets are the benchmark's to judge)
         for prefix in (
             "  always-on ",
-            "detection (always-on, sample=0.01): ",
-            "false errors (always-on (sample=0.01), fixed loop, ",
+            f"detection (always-on, sample={DEFAULT_SAMPLE:g}): ",
+            f"false errors (always-on (sample={DEFAULT_SAMPLE:g}), fixed loop, ",
             "false errors (always-on (sample=1), fixed loop, ",
             "false errors (always-on (sample=1), fixed loop + carried env state, ",
             "memory (always-on, planted loop, ",

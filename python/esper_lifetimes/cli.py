@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_probability,
         metavar="P",
         help="always-on only: probability that a window of tracked ops opens at a "
-        "synchronization (default 0.01; 1 tracks every window)",
+        "synchronization (default 0.005; 1 tracks every window)",
     )
     run.add_argument("--report", metavar="DIR", help=_REPORT_HELP)
     run.add_argument(

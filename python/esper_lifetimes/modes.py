@@ -49,7 +49,11 @@ __all__ = [
 
 log = logging.getLogger("esper_lifetimes")
 
-DEFAULT_SAMPLE = 0.01
+# Half the barriers of a loop like benchmarks/bench_training_loop.py open a window that sees
+# a whole step; sampled in blocks of 1/sample barriers (AlwaysOnTracker._draw), 0.005
+# finds its planted hazard within 1,000 steps in every seed tried, at about 1% step cost
+# for the windows (docs/ARCHITECTURE.md, "Always-on").
+DEFAULT_SAMPLE = 0.005
 DEFAULT_MAX_WINDOW_OPS = 20_000
 MODES = config.MODES
 
@@ -65,20 +69,23 @@ class _WindowMode(_Mode):
 
     def __init__(self, tracker: AlwaysOnTracker, budget: int) -> None:
         super().__init__(tracker)
-        self.ops = 0
         self.budget = budget
+        self.left = budget  # _Mode counts down (no override here: no extra frame per op)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.ops += 1
-        if self.ops > self.budget:
-            return func(*args, **(kwargs or {}))
-        return _Mode.__torch_dispatch__(self, func, types, args, kwargs)
+    @property
+    def ops(self) -> int:
+        """Ops dispatched to the window so far (tracked, then passed through)."""
+        return self.budget - self.left + self.passed
 
 
 class AlwaysOnTracker(Tracker):
     """The tracker of a whole run (``mode="always-on"`` samples windows, ``mode="full"``
     tracks every op). Results as any :class:`Tracker`: :attr:`hazards`, :attr:`errors`,
     :meth:`report`; plus :attr:`windows_opened`, :attr:`barriers`, :meth:`summary`."""
+
+    # The hooks take this tracker's fast path while it is alone on a thread
+    # (patches._ThreadState.fast).
+    _fast_hooks = True
 
     def __init__(
         self,
@@ -120,6 +127,13 @@ class AlwaysOnTracker(Tracker):
         # A track() region or @checked call inside the run owns its own events.
         self.yield_to_inner = True
         self._rng = random.Random(seed)
+        # Window boundaries (the start is boundary 0, each barrier the next) are sampled
+        # in blocks of 1/sample: exactly one window opens per block, at a uniformly drawn
+        # boundary of it (see _draw).
+        self._boundary = 0
+        self._block = 0
+        self._next_open = 0
+        self._scheduled_for = -1.0  # the sample the schedule was drawn for
         self._window: _WindowMode | None = None
         self._thread = 0
         self._logged = 0
@@ -150,7 +164,7 @@ class AlwaysOnTracker(Tracker):
         self._started_at = time.monotonic()
         # The start is the first window boundary: the ops before the first sync are
         # sampled like any other stretch between barriers.
-        if self.mode == "full" or self._rng.random() < self.sample:
+        if self._draw() or self.mode == "full":
             self._open_window()
         return self
 
@@ -164,9 +178,9 @@ class AlwaysOnTracker(Tracker):
             _remove_item_hook()
         finally:
             self._state = "closed"
-            self._safe_point()
+            self._close()  # engine.flush(): every pending free is judged now ...
+            self._safe_point()  # ... and logged with the rest
             self._write({"event": "summary", **self.summary()})
-            self._close()
             if self._report_file is not None:
                 self._report_file.close()
                 self._report_file = None
@@ -214,35 +228,124 @@ class AlwaysOnTracker(Tracker):
         w = self._window
         return self._ops_closed + (min(w.ops, w.budget) if w is not None else 0)
 
+    def _draw(self) -> bool:
+        """Whether a window opens at this boundary. Boundaries are sampled in blocks of
+        ``1/sample`` (stratified): block k covers boundaries [k/sample, (k+1)/sample) and
+        opens exactly one window, at ``floor((k + U) / sample)`` with U uniform in [0, 1)
+        from the seeded generator. Each boundary opens a window with probability
+        ``sample``, as with a coin per boundary, but the windows are spread evenly: no
+        long gaps (at most 2/sample boundaries between two windows) and no bursts."""
+        i = self._boundary
+        self._boundary = i + 1
+        s = self.sample
+        if s != self._scheduled_for:  # the first draw, or the rate was changed
+            self._scheduled_for = s
+            if s <= 0.0:
+                self._next_open = -1
+                return False
+            self._block = int(i * s)
+            self._next_open = int((self._block + self._rng.random()) / s)
+            if self._next_open < i:  # drawn in the part of the block already passed
+                self._block += 1
+                self._next_open = int((self._block + self._rng.random()) / s)
+        if i != self._next_open:
+            return False
+        while self._next_open <= i:  # several openings at one boundary (sample > 0.5)
+            self._block += 1
+            self._next_open = int((self._block + self._rng.random()) / s)
+        return True
+
     def _barrier(self) -> None:
         """A synchronization point on the watched thread: the window boundary."""
-        if threading.get_ident() != self._thread or self._state != "active":
+        if self._state != "active":
             return
-        active = patches.active()
-        if not active or active[-1] is not self:
-            return  # a track() region or @checked call owns the thread: no window games
+        st = patches._tls
+        if st.fast is not self:  # not alone on this thread (the slot is per thread)
+            if threading.get_ident() != self._thread:
+                return
+            active = st.active
+            if not active or active[-1] is not self:
+                return  # a track() region or @checked call owns the thread: no window games
         self.barriers += 1
+        i = self._boundary
         if self.mode == "full":
-            return
+            pass
+        elif self._window is None and i != self._next_open and self.sample == self._scheduled_for:
+            self._boundary = i + 1  # the common case: no window open, none opening here
+        else:
+            # Window switching and logging run Python (and a log handler, anything): the
+            # patched calls they make are not events of the program.
+            st.depth += 1
+            try:
+                if self._window is not None:
+                    self._close_window()
+                if self._draw() and self._window is None:
+                    self._open_window()
+            except Exception as exc:  # never into the training loop
+                self._note(exc, "window")
+            finally:
+                st.depth -= 1
+        # The hooks skip safe points while this tracker is alone on the thread: new
+        # hazards are logged here.
         try:
-            if self._window is not None:
-                self._close_window()
-            if self._window is None and self._rng.random() < self.sample:
-                self._open_window()
-        except Exception as exc:  # never into the training loop
-            self._note(exc, "window")
+            new = self._eng.hazard_count() != self._logged
+        except Exception:
+            new = True
+        if new:
+            st.depth += 1
+            try:
+                self._safe_point()
+            finally:
+                st.depth -= 1
+
+    # The ordering calls the hooks feed, without the generic layers (a CUDA stream is
+    # named once; the engine call is guarded): the hot path of the always-on mode.
+    def on_stream_wait(self, waiter: int, waited: int) -> None:
+        if (waiter | waited) & _CUDA_TAG:
+            self._name_if_cuda(waiter, waited)
+        try:
+            self._eng.stream_wait(waiter, waited)
+        except Exception as exc:
+            self._note(exc, "wait_stream")
+
+    def on_event_record(self, event: int, stream: int) -> None:
+        if stream & _CUDA_TAG:
+            self._name_if_cuda(stream)
+        try:
+            self._eng.event_record(event, stream)
+        except Exception as exc:
+            self._note(exc, "event_record")
+
+    def on_event_wait(self, event: int, stream: int) -> None:
+        if stream & _CUDA_TAG:
+            self._name_if_cuda(stream)
+        try:
+            self._eng.event_wait(event, stream)
+        except Exception as exc:
+            self._note(exc, "event_wait")
 
     # Barriers: the synchronizations and blocking host reads the patches feed.
     def on_device_sync(self) -> None:
-        super().on_device_sync()
+        try:
+            self._eng.device_synchronize()
+        except Exception as exc:
+            self._note(exc, "device_synchronize")
         self._barrier()
 
     def on_stream_sync(self, stream: int) -> None:
-        super().on_stream_sync(stream)
+        if stream & _CUDA_TAG:
+            self._name_if_cuda(stream)
+        try:
+            self._eng.stream_synchronize(stream)
+        except Exception as exc:
+            self._note(exc, "stream_synchronize")
         self._barrier()
 
     def on_event_sync(self, event: int) -> None:
-        super().on_event_sync(event)
+        try:
+            self._eng.event_synchronize(event)
+        except Exception as exc:
+            self._note(exc, "event_synchronize")
         self._barrier()
 
     def on_host_read(self, t: Any, device_sync: bool = True) -> None:
@@ -255,17 +358,18 @@ class AlwaysOnTracker(Tracker):
         not ``t`` is tracked: outside windows most tensors are not, and a missed sync would
         leave a later free looking uncovered. It is also a window barrier."""
         try:
-            if t.is_cuda:
+            if t.is_cpu:
+                if not self._cpu_device:
+                    return  # host memory: no stream synchronized, no barrier
+                st = t.untyped_storage()
+                if id(st) in _host_marks or (tracking._emulating and tracking._emu_host(st)):
+                    return
+                vs = _vstate.stream
+                h = (vs if vs is not None else _VDEFAULT).handle  # tracking._vcurrent()
+            elif t.is_cuda:
                 h = tracking._cuda_current(t.get_device())
-            elif (
-                t.is_cpu
-                and self._cpu_device
-                and id(t.untyped_storage()) not in tracking._host_marks
-                and not tracking._emu_host(t.untyped_storage())
-            ):
-                h = tracking._vcurrent()
             else:
-                return  # host memory: no stream synchronized, no barrier
+                return
             self._eng.stream_synchronize(h)
         except Exception as exc:
             self._note(exc, "blocking read")
@@ -313,17 +417,28 @@ class AlwaysOnTracker(Tracker):
 # call when it is not the watched thread).
 
 _torch_item = torch.Tensor.item
+_CUDA_TAG = patches._CUDA_STREAM_TAG
+_host_marks = tracking._host_marks
+_vstate = tracking._vstate
+_VDEFAULT = tracking._VDEFAULT
 
 
 def _item(self: torch.Tensor) -> Any:
     result = _torch_item(self)
-    run = _run
-    if run is not None and run._thread == threading.get_ident() and not patches._tls.depth:
-        if tracking._emulating:
-            with torch._C.DisableTorchFunction():  # the real device of an emulated tensor
-                run._blocking_read(self)
-        else:
+    st = patches._tls
+    if st.depth:
+        return result
+    # the run's tracker alone on this thread (a per-thread slot: no thread-id check)
+    run = st.fast
+    if run is None:
+        run = _run
+        if run is None or run._thread != threading.get_ident():
+            return result
+    if tracking._emulating:
+        with torch._C.DisableTorchFunction():  # the real device of an emulated tensor
             run._blocking_read(self)
+    else:
+        run._blocking_read(self)
     return result
 
 
@@ -384,7 +499,7 @@ def enable(
     """Switches tracking on.
 
     ``enable()`` (or ``mode="on"``) lets ``@checked`` and ``track()`` track again after
-    :func:`disable`. ``enable(mode="always-on", sample=0.01, seed=None, report=None)`` also
+    :func:`disable`. ``enable(mode="always-on", sample=0.005, seed=None, report=None)`` also
     starts the always-on tracker on the calling thread for the rest of the run (or until
     :func:`disable`); ``mode="full"`` tracks every op instead. Returns the run's tracker
     (``None`` without a run-wide mode). Hazards are logged to the ``esper_lifetimes``

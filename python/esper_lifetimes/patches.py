@@ -49,6 +49,10 @@ class _ThreadState(threading.local):
         self.active: list[Any] = []  # trackers active on this thread, innermost last
         self.modes: list[Any] = []  # their dispatch modes, same order
         self.depth = 0  # > 0 while inside a patched call
+        # The run's always-on tracker when it is the only tracker active on this thread
+        # (else None): the hooks then take its fast path (modes.py, "hot paths"), with no
+        # thread-id check (the slot is per thread) and no generic fan-out.
+        self.fast: Any = None
 
 
 _tls = _ThreadState()
@@ -70,6 +74,12 @@ def push(tracker: Any, mode: Any) -> None:
             m.suspended += 1
     _tls.active.append(tracker)
     _tls.modes.append(mode)
+    _set_fast()
+
+
+def _set_fast() -> None:
+    act = _tls.active
+    _tls.fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
 
 
 def pop(tracker: Any) -> Any:
@@ -82,6 +92,7 @@ def pop(tracker: Any) -> Any:
             for t, m in zip(act[:i], _tls.modes[:i], strict=True):
                 if m is not None and t.yield_to_inner:
                     m.suspended -= 1
+            _set_fast()
             return mode
     return None
 
@@ -199,13 +210,14 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
             result = orig(*args, **kwargs)
         finally:
             st.depth -= 1
-        trackers = _targets(st.active)
+        fast = st.fast  # the always-on tracker alone: its safe points are its barriers
+        trackers = _targets(st.active) if fast is None else (fast,)
         st.depth += 1
         try:
             feed(trackers, result, *args, **kwargs)
         finally:
             st.depth -= 1
-        _safe_points(trackers)
+        _safe_points(trackers if fast is None else ())
         return result
 
     patched.__name__ = getattr(orig, "__name__", "patched")
@@ -220,9 +232,21 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
 def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
     from esper_lifetimes import virtual
 
+    vstream = virtual.Stream
+
     def record_stream(self: torch.Tensor, stream: Any) -> None:
         st = _tls
-        if isinstance(stream, virtual.Stream):
+        fast = st.fast
+        if fast is not None and not st.depth and not fast._adopt_unseen:
+            # The always-on tracker alone on this thread: a storage it does not track
+            # (allocated outside a window) has nothing to record. Returns at once.
+            try:
+                known = id(self.untyped_storage()) in fast._recs
+            except Exception:
+                known = True  # the tracker's path decides
+            if not known:
+                return None if isinstance(stream, vstream) else orig(self, stream)
+        if isinstance(stream, vstream):
             if st.active and not st.depth:
                 st.depth += 1
                 try:

@@ -478,12 +478,23 @@ class _Mode(TorchDispatchMode):
         super().__init__()
         self.tracker = tracker
         self.suspended = 0  # > 0 while an inner region owns the thread's events (patches.push)
+        # An op budget (the always-on mode's windows): ops left to track, -1 for none;
+        # past it, ops pass through (counted in ``passed``). Checked here, not in a
+        # subclass's override, so that torch's caller stays frame 1 for the site lookup.
+        self.left = -1
+        self.passed = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
         if kwargs is None:
             kwargs = {}
         if self.suspended or _dynamo_compiling():
             return func(*args, **kwargs)
+        left = self.left
+        if left >= 0:
+            if not left:
+                self.passed += 1
+                return func(*args, **kwargs)
+            self.left = left - 1
         out = func(*args, **kwargs)
         plan = _PLANS.get(id(func))
         if plan is None:

@@ -81,10 +81,19 @@ def _trackers() -> list[Any]:
 
 
 def _feed(method: str, *args: Any) -> None:
-    trackers = _trackers()
-    if not trackers:
-        return
     st = patches._tls
+    fast = st.fast
+    if fast is not None:
+        # The always-on tracker alone on this thread: one call, no fan-out, no depth
+        # bookkeeping (its methods guard themselves, and its barriers, which run more
+        # than the engine, count the depth themselves); its safe points are its barriers
+        # (patches._ThreadState.fast).
+        if not st.depth:
+            getattr(fast, method)(*args)
+        return
+    if st.depth or not st.active:
+        return
+    trackers = st.active
     st.depth += 1
     try:
         for tr in patches._targets(trackers):
