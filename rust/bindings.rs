@@ -117,9 +117,19 @@ fn flag_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
     })
 }
 
+/// The UTF-8 text of a str; a lone surrogate (not encodable) is a bad argument.
+fn text<'a>(s: &'a Bound<'_, PyString>, what: &str) -> PyResult<&'a str> {
+    s.to_str().map_err(|_| {
+        InvalidArgumentError::new_err(format!(
+            "{what} must be valid text, got {} (a lone surrogate cannot be encoded)",
+            describe(s.as_any())
+        ))
+    })
+}
+
 fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     match obj.cast::<PyString>() {
-        Ok(s) => Ok(s.to_str()?.to_owned()),
+        Ok(s) => Ok(text(s, what)?.to_owned()),
         Err(_) => Err(InvalidArgumentError::new_err(format!(
             "{what} must be a str, got {}",
             describe(obj)
@@ -273,7 +283,7 @@ impl Engine {
             Some(obj) if obj.is_none() => NO_SITE,
             Some(obj) => {
                 if let Ok(s) = obj.cast::<PyString>() {
-                    core.intern(s.to_str()?)
+                    core.intern(text(s, "site")?)
                 } else if let Ok(i) = obj.extract::<u32>() {
                     core.check_site(i).map_err(to_py)?
                 } else {
