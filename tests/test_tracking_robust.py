@@ -133,3 +133,40 @@ def _line_of(text: str) -> int:
             if text in line and "_line_of" not in line:
                 return i
     raise AssertionError(text)
+
+
+def test_sites_keep_no_code_object_alive():
+    """Issue 10, item 13: 20,000 exec-generated functions (a notebook cell re-run) that
+    called torch leave nothing behind once they are gone."""
+    import gc
+    import weakref
+
+    from esper_lifetimes import sites
+
+    a = torch.ones(8)
+    refs = []
+    before = len(sites._keep)
+    with esper_lifetimes.track("collect") as t:
+        for i in range(20_000):
+            ns: dict = {"torch": torch}
+            exec(compile(f"def cell(x):\n    return x + {i}\n", "<cell>", "exec"), ns)
+            ns["cell"](a)
+            if i % 2000 == 0:
+                refs.append(weakref.ref(ns["cell"].__code__))
+            del ns
+        gc.collect()
+        assert all(r() is None for r in refs)  # nothing pins them
+        assert len(sites._keep) - before < 100  # the entries of the dead ones are gone
+        assert len(t._sites._ids) < 100
+        assert len(t._sites._by_code) < 100
+        # new functions, at recycled ids, get their own lines, never a dead one's
+        side = virtual.Stream(name="side")
+        b = a * 1  # written on the default stream
+        for _ in range(50):
+            ns = {"torch": torch, "virtual": virtual, "side": side}
+            src = "\n\ndef cell(x):\n    with virtual.stream(side):\n        return x * 3\n"
+            exec(compile(src, "<cell>", "exec"), ns)
+            ns["cell"](b)
+            del ns
+    assert [h.use_site for h in t.errors] == ["<cell>:5"]
+    assert t.diagnostics == []

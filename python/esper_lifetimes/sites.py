@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 import threading
+import weakref
 from types import CodeType, FrameType
 from typing import Any
 
@@ -71,14 +72,53 @@ _STDLIB_NAMES = frozenset(
 _STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
 
 # Code objects already classified, by id: frames to skip, and the user's. Hashing a code
-# object hashes its bytecode (~0.6 us); an id is free. The code objects themselves are
-# kept in _keep so that an id is never reused while it is in a set. They are as many as
-# the functions that ever called torch.
+# object hashes its bytecode (~0.6 us); an id is free. An id must not outlive its code
+# object (a new one may get the same id): each classified code object has a weakref in
+# _keep whose callback forgets its id here and in every SiteTable (_code_died). So
+# nothing here keeps a code object alive: re-running a notebook cell 20,000 times leaves
+# the entries of the live functions only.
 _internal: set[int] = set()
 _internal_gen: set[int] = set()  # internal generators/coroutines: resumed from anywhere
 _user: set[int] = set()
-_keep: list[CodeType] = []
 _skip_lock = threading.RLock()  # reentrant: weakref callbacks may classify code
+
+
+class _CodeRef(weakref.ref):  # type: ignore[type-arg]
+    __slots__ = ("cid",)
+    cid: int
+
+
+_keep: dict[int, Any] = {}  # id -> _CodeRef (or the code itself, if it has no weakrefs)
+_tables: weakref.WeakSet[SiteTable] = weakref.WeakSet()
+
+
+def _code_died(ref: _CodeRef) -> None:
+    """weakref callback: a classified code object died; its id may be reused."""
+    try:
+        cid = ref.cid
+        with _skip_lock:
+            if _keep.get(cid) is ref:
+                del _keep[cid]
+            _internal.discard(cid)
+            _internal_gen.discard(cid)
+            _user.discard(cid)
+            tables = list(_tables)
+        for t in tables:
+            t._forget(cid)
+    except Exception:  # pragma: no cover - never raise from a callback
+        pass
+
+
+def _remember(code: CodeType) -> None:
+    cid = id(code)
+    try:
+        ref = _CodeRef(code, _code_died)
+        ref.cid = cid
+    except TypeError:  # pragma: no cover - every CPython code object has weakrefs
+        ref = code
+    _keep[cid] = ref
+
+
 _GEN_FLAGS = (
     inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 ) | inspect.CO_ITERABLE_COROUTINE
@@ -123,7 +163,7 @@ def is_internal_file(filename: str) -> bool:
 def _classify(code: CodeType) -> bool:
     internal = is_internal_file(code.co_filename)
     with _skip_lock:
-        _keep.append(code)
+        _remember(code)
         if not internal:
             _user.add(id(code))
         elif code.co_flags & _GEN_FLAGS:
@@ -215,12 +255,20 @@ class SiteTable:
     no walk at all.
     """
 
-    __slots__ = ("_engine", "_ids", "_strings")
+    __slots__ = ("_engine", "_ids", "_strings", "_by_code", "__weakref__")
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self._ids: dict[int, int] = {}  # (id(code) << 24) + f_lasti -> site
         self._strings: dict[str, int] = {}
+        self._by_code: dict[int, list[int]] = {}  # id(code) -> its keys in _ids
+        with _skip_lock:
+            _tables.add(self)
+
+    def _forget(self, cid: int) -> None:
+        """The code object ``cid`` died: its keys must not match a new one's."""
+        for key in self._by_code.pop(cid, ()):
+            self._ids.pop(key, None)
 
     def here(self, depth: int = 1) -> int | None:
         try:
@@ -273,7 +321,11 @@ class SiteTable:
 
     def _intern_frame(self, key: int, f: FrameType) -> int:
         sid = self.intern(format_site(f.f_code.co_filename, f.f_lineno))
+        cid = id(f.f_code)
+        if cid not in _keep:
+            _classify(f.f_code)  # ids only for code whose death is seen
         self._ids[key] = sid
+        self._by_code.setdefault(cid, []).append(key)
         return sid
 
     def intern(self, site: str) -> int:
