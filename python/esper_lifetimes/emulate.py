@@ -93,28 +93,29 @@ class _Stats:
 
 _SMALL = 1 << 20  # CUDA's caching allocator: blocks up to 1 MiB come from the small pool
 _stats: dict[int, _Stats] = {}
-_tag_refs: dict[int, weakref.ref[Any]] = {}
+_tag_refs: dict[int, Any] = {}
 _stats_lock = threading.Lock()
 
 
-def _rounded(n: int) -> int:
-    return (n + 511) & ~511 if n else 0  # the allocator's 512-byte rounding
+class _TagRef(weakref.ref):  # type: ignore[type-arg]
+    """A weakref to a tagged storage that carries what its free takes off the stats."""
+
+    __slots__ = ("key", "stats", "n", "pool")
 
 
-def _untag_cb(key: int, dev: int, n: int) -> Callable[[Any], None]:
-    def cb(_ref: Any) -> None:
-        _tag_refs.pop(key, None)
-        s = _stats.get(dev)
-        if s is None:
-            return
-        pool = 1 if n <= _SMALL else 2
-        for i in (0, pool):
-            s.current[i] -= n
-            s.freed[i] += n
-            s.count[i] -= 1
-        s.frees += 1
-
-    return cb
+def _untagged(ref: _TagRef) -> None:
+    """The storage died: its bytes leave the device's statistics (never raises)."""
+    _tag_refs.pop(ref.key, None)
+    s = ref.stats
+    n, pool = ref.n, ref.pool
+    cur, fr, cnt = s.current, s.freed, s.count
+    cur[0] -= n
+    cur[pool] -= n
+    fr[0] += n
+    fr[pool] += n
+    cnt[0] -= 1
+    cnt[pool] -= 1
+    s.frees += 1
 
 
 def _tag_storage(st: Any, dev: int) -> None:
@@ -122,21 +123,30 @@ def _tag_storage(st: Any, dev: int) -> None:
         setattr(st, TAG, dev)
     except Exception:  # noqa: S110 - a storage without __dict__ stays host memory
         return
-    n = _rounded(st.nbytes())
-    key = id(st)
     s = _stats.get(dev)
     if s is None:
         return
-    with _stats_lock:
-        _tag_refs[key] = weakref.ref(st, _untag_cb(key, dev, n))
-        pool = 1 if n <= _SMALL else 2
-        for i in (0, pool):
-            s.current[i] += n
-            s.allocated[i] += n
-            s.count[i] += 1
-            if s.current[i] > s.peak[i]:
-                s.peak[i] = s.current[i]
-        s.allocs += 1
+    n = st.nbytes()
+    n = (n + 511) & ~511  # the allocator's 512-byte rounding
+    ref = _TagRef(st, _untagged)
+    ref.key = key = id(st)
+    ref.stats = s
+    ref.n = n
+    ref.pool = pool = 1 if n <= _SMALL else 2
+    _tag_refs[key] = ref
+    # estimates: updated under the GIL, without a lock
+    cur, peak = s.current, s.peak
+    cur[0] += n
+    cur[pool] += n
+    s.allocated[0] += n
+    s.allocated[pool] += n
+    s.count[0] += 1
+    s.count[pool] += 1
+    if cur[0] > peak[0]:
+        peak[0] = cur[0]
+    if cur[pool] > peak[pool]:
+        peak[pool] = cur[pool]
+    s.allocs += 1
 
 
 def _tag_of(t: Any) -> int | None:
@@ -814,7 +824,7 @@ def _tag_outputs(out: Any, dev: int) -> None:
             st = out.untyped_storage()
         except Exception:
             return
-        if getattr(st, TAG, None) is None and out.device.type == "cpu":
+        if getattr(st, TAG, None) is None and out.is_cpu:
             _tag_storage(st, dev)
     elif isinstance(out, _SEQ):
         for o in out:
@@ -892,7 +902,7 @@ class _DispatchMode(TorchDispatchMode):
             if isinstance(a, _Tensor):
                 d = _tag_of(a)
                 if d is None:
-                    if a.dim() and a.device.type == "cpu":
+                    if a.is_cpu and a.dim():
                         host = True
                 elif dev is None:
                     dev = d
@@ -903,7 +913,7 @@ class _DispatchMode(TorchDispatchMode):
                     if isinstance(x, _Tensor):
                         d = _tag_of(x)
                         if d is None:
-                            if x.dim() and x.device.type == "cpu":
+                            if x.is_cpu and x.dim():
                                 host = True
                         elif dev is None:
                             dev = d
@@ -1325,6 +1335,10 @@ def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
     for owner in (torch, dlpack):
         fn(owner, "to_dlpack", _to_dlpack(dlpack.to_dlpack))
         fn(owner, "from_dlpack", _from_dlpack(dlpack.from_dlpack))
+    # threads started inside emulation enter it
+    th = threading.Thread
+    fn(th, "start", _make_start(th.start))
+    fn(th, "_bootstrap_inner", _make_bootstrap(th._bootstrap_inner))  # type: ignore[attr-defined]
     # serialization: CUDA locations in, CUDA locations out
     specs.append((ser, "location_tag", _location_tag(ser.location_tag)))
     specs.append((ser, "default_restore_location", _restore_location(ser.default_restore_location)))
@@ -1364,36 +1378,43 @@ def _uninstall(done: list[_Patch]) -> None:
             # Someone wrapped the patch since (a tracker's patches installed during
             # emulation): the switch is inert now; their restore must bring back the
             # original, not the switch.
-            for i, (owner, name, own) in enumerate(patches._saved):
-                if owner is p.owner and name == p.name and own is p.installed:
-                    patches._saved[i] = (owner, name, p.before)
+            for saved in (patches._saved, getattr(patches, "_stale", [])):
+                for i, e in enumerate(saved):
+                    if e[0] is p.owner and e[1] == p.name and e[2] is p.installed:
+                        saved[i] = (e[0], e[1], p.before, *e[3:])
+            # a tracked region's own wrapper of Thread.start (tracking._follow_threads)
+            ts = getattr(tracking, "_thread_saved", None)
+            if p.owner is threading.Thread and p.name == "start" and ts:
+                for i, own in enumerate(ts):
+                    if own is p.installed and p.before is not _MISSING:
+                        ts[i] = p.before
 
 
 # ---------------------------------------------------------------------------------------
 # Threads, compile
 
 
-_orig_bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+def _make_bootstrap(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def _bootstrap_inner(self: threading.Thread) -> None:
+        em = _em
+        if em is None or not getattr(self, "_esper_emulated", False):
+            return orig(self)
+        _enter_thread(em.strict)  # a thread started inside emulation is emulated too
+        try:
+            return orig(self)
+        finally:
+            _exit_thread()
+
+    return _bootstrap_inner
 
 
-def _bootstrap_inner(self: threading.Thread) -> None:
-    em = _em
-    if em is None or not getattr(self, "_esper_emulated", False):
-        return _orig_bootstrap(self)
-    _enter_thread(em.strict)
-    try:
-        return _orig_bootstrap(self)
-    finally:
-        _exit_thread()
+def _make_start(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def start(self: threading.Thread) -> None:
+        if _em is not None and _modes.depth:
+            self._esper_emulated = True  # type: ignore[attr-defined]
+        return orig(self)
 
-
-_orig_start = threading.Thread.start
-
-
-def _start(self: threading.Thread) -> None:
-    if _em is not None and _modes.depth:
-        self._esper_emulated = True  # type: ignore[attr-defined]
-    return _orig_start(self)
+    return start
 
 
 # ---------------------------------------------------------------------------------------
@@ -1509,13 +1530,12 @@ def _start_emulation(em: _Emulation) -> None:
         _defaults[i] = s
     virtual.DEFAULT.__class__ = Stream  # torch.cuda.default_stream() answers as a CUDA stream
     em.patches = _install(em)
-    threading.Thread._bootstrap_inner = _bootstrap_inner  # type: ignore[attr-defined]
-    threading.Thread.start = _start  # type: ignore[method-assign]
     try:
         import torch._dynamo.eval_frame as ef
 
         em.saved["stance"] = ef._stance
         torch.compiler.set_stance("force_eager")
+        em.saved["our_stance"] = ef._stance
     except Exception:  # noqa: S110 - torch without dynamo: nothing to set
         pass
     tracking._emulating = True
@@ -1526,11 +1546,12 @@ def _stop_emulation(em: _Emulation) -> None:
     if "stance" in em.saved:
         import torch._dynamo.eval_frame as ef
 
-        ef._stance = em.saved["stance"]
-    if threading.Thread.start is _start:
-        threading.Thread.start = _orig_start  # type: ignore[method-assign]
-    if threading.Thread._bootstrap_inner is _bootstrap_inner:  # type: ignore[attr-defined]
-        threading.Thread._bootstrap_inner = _orig_bootstrap  # type: ignore[attr-defined]
+        ours, prev = em.saved.get("our_stance"), em.saved["stance"]
+        cs = getattr(tracking, "_compile_saved", None)
+        if cs is not None and cs.get("stance") is ours:
+            cs["stance"] = prev  # a region entered inside emulation restores the original
+        if ef._stance is ours:
+            ef._stance = prev
     _uninstall(em.patches)
     em.patches = []
     virtual.DEFAULT.name = em.saved.get("default_name", "default")
