@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tag_of, verdict
+from conftest import HAS_CUDA, tag_of, verdict
 
 N = 1 << 14
 
@@ -606,3 +606,71 @@ def test_a_thread_outliving_the_region_is_no_longer_tracked_and_start_is_restore
     assert len(out) == 1
     assert t.engine.stats()["events_processed"] == n
     assert t.diagnostics == []
+
+
+# ---------------------------------------------------------------------------------------
+# Item 9: compiled code and CUDA graphs. A torch.compile'd function runs eagerly inside a
+# region (every op tracked, the report notes it); a CUDA graph replay is counted unseen.
+
+
+def _scaled(x):
+    return x * 2 + 1  # @use
+
+
+@pytest.fixture(scope="module")
+def compiled_scaled():
+    return torch.compile(_scaled, backend="eager")
+
+
+def test_a_compiled_function_is_run_eagerly_and_its_ops_are_tracked(V, compiled_scaled):
+    import torch._dynamo.eval_frame as ef
+
+    s = V.Stream("s")
+    with V.track() as t:
+        x = V.randn(N)  # @write
+        with V.stream(s):
+            y = compiled_scaled(x)  # @call
+    assert verdict(t) == [("unsynced-access", "use")], t.report()
+    assert tag_of(_only(t, "unsynced-access").other_site) == "write"
+    ((note, count),) = t.notes.items()
+    assert "torch.compile'd function ran eagerly" in note
+    assert tag_of(note.rsplit(" at ", 1)[1]) == "call" and count == 1
+    assert "ran eagerly" in t.report()
+    assert ef._stance.stance == "default"  # restored at exit
+    del y
+
+
+def test_a_compiled_function_with_the_wait_is_clean(V, compiled_scaled):
+    s = V.Stream("s")
+    D = V.current_stream()
+    with V.track() as t:
+        x = V.randn(N)
+        s.wait_stream(D)
+        with V.stream(s):
+            for _ in range(3):
+                y = compiled_scaled(x)
+    assert t.hazards == [], t.report()
+    assert list(t.notes.values()) == [3]
+    del y
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a real GPU")
+def test_a_cuda_graph_replay_is_counted_as_unseen():
+    import esper_lifetimes
+
+    x = torch.zeros(N, device="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        x.add_(1)  # warm up on a side stream, as capture requires
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        x.add_(1)
+    with esper_lifetimes.track("collect", cpu="host") as t:
+        for _ in range(2):
+            g.replay()  # @replay
+    ((what, n),) = t.unseen.items()
+    assert what.startswith("CUDA graph replay at ") and n == 2
+    assert tag_of(what.rsplit(" at ", 1)[1]) == "replay"
+    assert "2 ops ran unseen" in t.report()

@@ -49,7 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
 from esper_lifetimes.reports.text import format_report  # the one text renderer, compact
 from esper_lifetimes.sites import SiteMark as _SiteMark
-from esper_lifetimes.sites import SiteTable, user_frame
+from esper_lifetimes.sites import SiteTable, format_site, user_frame
 from esper_lifetimes.sites import _user as _user_codes
 
 __all__ = [
@@ -680,6 +680,10 @@ class Tracker:
         # are members over it. id(member ref) -> owner ref; id(owner ref) -> live members;
         # id(owner ref) -> owner whose storage died while members held the memory.
         self._owner_of: dict[int, _Ref] = {}
+        # What the report must say besides hazards: work that ran unseen, and work that
+        # ran differently so that it could be seen; "what at site" -> count
+        self._unseen: dict[str, int] = {}
+        self._notes: dict[str, int] = {}
         # modes of threads started inside the region (suspended when it closes)
         self._child_modes: weakref.WeakSet[_Mode] = weakref.WeakSet()
         self._members: dict[int, int] = {}
@@ -716,9 +720,61 @@ class Tracker:
         return list(self._diag)
 
     def report(self, hazards: list[Hazard] | None = None) -> str:
-        """The readable report of ``hazards`` (default: all found)."""
+        """The readable report of ``hazards`` (default: all found), followed by what ran
+        unseen and what ran differently so that it was seen (``unseen``, ``notes``)."""
         hs = self.hazards if hazards is None else hazards
-        return format_report(hs, diagnostics=self._diag_count if hazards is None else 0)
+        text = format_report(hs, diagnostics=self._diag_count if hazards is None else 0)
+        if hazards is None:
+            extra = self._coverage_lines()
+            if extra:
+                text += "\n\n" + "\n".join(extra)
+        return text
+
+    @property
+    def unseen(self) -> dict[str, int]:
+        """Work that ran during the region without the tracker seeing its memory
+        accesses (CUDA graph replays, collectives issued from C++, ...): ``"what at
+        site"`` -> count. Hazards it hides cannot be reported: the report says so."""
+        out = dict(self._unseen)
+        dist = sys.modules.get("esper_lifetimes.distributed")
+        if dist is not None:
+            try:
+                for k, n in dist.unseen(self).items():
+                    out[k] = out.get(k, 0) + n
+            except Exception:  # noqa: S110 - a report never fails
+                pass
+        return out
+
+    @property
+    def notes(self) -> dict[str, int]:
+        """Work that ran differently so that it was tracked (``torch.compile``d
+        functions run eagerly inside a region): ``"what at site"`` -> count."""
+        return dict(self._notes)
+
+    def _coverage_lines(self) -> list[str]:
+        lines = []
+        unseen = self.unseen
+        if unseen:
+            n = sum(unseen.values())
+            where = "; ".join(f"{k} (x{c})" if c > 1 else k for k, c in unseen.items())
+            lines.append(
+                f"{n} op{'s' * (n != 1)} ran unseen ({where}): hazards they cause or hide "
+                "are not in this report"
+            )
+        for k, c in self._notes.items():
+            lines.append(f"note: {k}" + (f" (x{c})" if c > 1 else ""))
+        return lines
+
+    def _count(self, table: dict[str, int], what: str, depth: int) -> None:
+        try:
+            f = user_frame(depth)
+            site = format_site(f.f_code.co_filename, f.f_lineno) if f is not None else None
+            del f
+        except Exception:
+            site = None
+        key = f"{what} at {site}" if site else what
+        with self._lock:
+            table[key] = table.get(key, 0) + 1
 
     def __repr__(self) -> str:
         n = len(self.hazards)
@@ -786,6 +842,7 @@ class Tracker:
             raise
         patches.push(self, mode)
         _follow_threads(1)
+        _follow_compiled(1)
 
     def _detach(self) -> None:
         mode = patches.pop(self)
@@ -794,6 +851,7 @@ class Tracker:
                 mode.__exit__(None, None, None)
         finally:
             _follow_threads(-1)
+            _follow_compiled(-1)
             patches.uninstall()
 
     def _enter_thread(self) -> bool:
@@ -1721,6 +1779,107 @@ def _wrap_run(th: threading.Thread) -> None:
         th._esper_followed = True  # type: ignore[attr-defined]
     except Exception:  # noqa: S110 - never break the program's thread start
         pass
+
+
+# ---------------------------------------------------------------------------------------
+# Compiled code and CUDA graphs inside a region
+
+# A dispatch mode cannot see the kernels of a torch.compile'd function. While a region is
+# attached, dynamo's stance is "force_eager": compiled functions run their Python eagerly,
+# so that every op is tracked, and the report notes each such call. CUDA graph replays
+# run captured kernels that no mode sees: each is counted as unseen work. Both restored
+# when the last region detaches. Dynamo is not imported for this (it is slow to import):
+# when it is not loaded yet, torch.compile is wrapped to apply the stance when called.
+_compile_users = 0
+_compile_saved: dict[str, Any] = {}
+_EAGER_NOTE = "a torch.compile'd function ran eagerly, so that its ops were tracked"
+
+
+def _follow_compiled(delta: int) -> None:
+    global _compile_users
+    with _thread_lock:
+        before = _compile_users
+        _compile_users = max(0, before + delta)
+        try:
+            if before == 0 and _compile_users > 0:
+                _compiled_on()
+            elif before > 0 and _compile_users == 0:
+                _compiled_off()
+        except Exception:  # noqa: S110 - never break the region for this
+            pass
+
+
+def _compiled_on() -> None:
+    graph = getattr(torch.cuda, "CUDAGraph", None)
+    replay = getattr(graph, "replay", None) if graph is not None else None
+    if replay is not None and "replay" in graph.__dict__:
+
+        def replay_counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _tell_all("_unseen", "CUDA graph replay")
+            return replay(self, *args, **kwargs)
+
+        replay_counted.__wrapped__ = replay  # type: ignore[attr-defined]
+        _compile_saved["replay"] = replay
+        graph.replay = replay_counted
+    if sys.modules.get("torch._dynamo.eval_frame") is not None:
+        _stance_on()
+        return
+    orig = torch.compile
+
+    def compile(*args: Any, **kwargs: Any) -> Any:  # noqa: A001 - torch.compile's name
+        out = orig(*args, **kwargs)
+        with _thread_lock:
+            if _compile_users and "stance" not in _compile_saved:
+                try:
+                    _stance_on()
+                except Exception:  # noqa: S110
+                    pass
+        return out
+
+    compile.__wrapped__ = orig  # type: ignore[attr-defined]
+    compile.__doc__ = orig.__doc__
+    _compile_saved["compile"] = orig
+    torch.compile = compile  # type: ignore[assignment]
+
+
+def _stance_on() -> None:
+    ef = sys.modules.get("torch._dynamo.eval_frame")
+    if ef is None:
+        return
+    _compile_saved["stance"] = ef._stance
+    torch.compiler.set_stance("force_eager")
+    cfs = ef._callback_from_stance
+
+    def callback_from_stance(callback: Any) -> Any:
+        if callback is not None and callback is not False:
+            _tell_all("_notes", _EAGER_NOTE)  # one call of a compiled function
+        return cfs(callback)
+
+    _compile_saved["cfs"] = cfs
+    ef._callback_from_stance = callback_from_stance
+
+
+def _compiled_off() -> None:
+    ef = sys.modules.get("torch._dynamo.eval_frame")
+    if "cfs" in _compile_saved and ef is not None:
+        ef._callback_from_stance = _compile_saved.pop("cfs")
+    if "stance" in _compile_saved and ef is not None:
+        ef._stance = _compile_saved.pop("stance")
+    if "compile" in _compile_saved:
+        torch.compile = _compile_saved.pop("compile")
+    if "replay" in _compile_saved:
+        torch.cuda.CUDAGraph.replay = _compile_saved.pop("replay")
+    _compile_saved.clear()
+
+
+def _tell_all(table: str, what: str) -> None:
+    """Counts ``what`` at the user's line for every tracker watching this thread."""
+    st = patches._tls
+    if st.depth or not st.active:
+        return
+    for tr in patches._targets(st.active):
+        if tr._watching:
+            tr._count(getattr(tr, table), what, 3)
 
 
 # ---------------------------------------------------------------------------------------
