@@ -170,3 +170,29 @@ def test_sites_keep_no_code_object_alive():
             del ns
     assert [h.use_site for h in t.errors] == ["<cell>:5"]
     assert t.diagnostics == []
+
+
+def test_an_op_inside_fx_generated_code_is_sited_at_the_users_call():
+    """Issue 10, item 17: not "<eval_with_key>.0 from ... in forward:5" (no source)."""
+    import inspect
+
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return x * 5
+
+    gm = torch.fx.symbolic_trace(Scale())
+    assert gm.forward.__code__.co_filename.startswith("<eval_with_key>")
+    side = virtual.Stream(name="side")
+    with esper_lifetimes.track("collect") as t:
+        a = torch.randn(1024)  # written on the default stream
+        with virtual.stream(side):
+            y = gm(a)  # @fx-call
+    src, first = inspect.getsourcelines(
+        test_an_op_inside_fx_generated_code_is_sited_at_the_users_call
+    )
+    line = first + next(i for i, s in enumerate(src) if s.rstrip().endswith("# @fx-call"))
+    assert [h.kind for h in t.errors] == ["unsynced-access"]
+    site = t.errors[0].use_site
+    assert site.endswith(f"test_tracking_robust.py:{line}"), site
+    assert "gm(a)" in t.report()
+    del y

@@ -70,6 +70,8 @@ _STDLIB_NAMES = frozenset(
     }
 )
 _STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+# File names of code that is not the user's although it is exec'd from a string.
+_GENERATED = ("<frozen", "<eval_with_key>", "<torch_package_", "<torchgen")
 
 # Code objects already classified, by id: frames to skip, and the user's. Hashing a code
 # object hashes its bytecode (~0.6 us); an id is free. An id must not outlive its code
@@ -144,8 +146,10 @@ def is_internal_file(filename: str) -> bool:
     """Whether frames of ``filename`` are skipped when looking for the user's line."""
     if filename.startswith("<"):
         # <frozen importlib._bootstrap>, <string>, <stdin>: frozen modules are internal,
-        # code typed or exec'd by the user is not.
-        return filename.startswith("<frozen")
+        # code typed or exec'd by the user is not. Code torch generates and execs (an
+        # fx GraphModule's forward, "<eval_with_key>.0 from f.py:42 in forward") is torch's:
+        # the site is the user's line that called into it.
+        return filename.startswith(_GENERATED)
     real = filename if os.path.isabs(filename) else os.path.abspath(filename)
     if real.startswith(_PREFIXES):
         return not real.startswith(_EXAMPLES)
