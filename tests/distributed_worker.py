@@ -3,15 +3,16 @@
 
 Started by ``torch.multiprocessing.spawn`` (:func:`spawn_entry`), each rank writes
 ``OUT/rank<R>/scenarios.json`` ({scenario: {"hazards": [...], "seen": {...}, "unseen":
-{...}, "diagnostics": [...]}}) and its rank report (``OUT/rank<R>/report.json`` and the
-rest, with a timeline) for the merge. The lines the tests expect in reports carry a
-``# L:name`` marker.
+{...}, "diagnostics": [...]}}); under ``torchrun`` it then runs the README's example, whose
+hazards make the rank's report (``esper-lifetimes run --report``) for the merge. The lines
+the tests expect in reports carry a ``# L:name`` marker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import sys
 import time
 from typing import Any
@@ -272,20 +273,6 @@ TORCHRUN = [free_under_side_stream, p2p, bucketed_allreduce, fsdp2]
 SCENARIOS = {f.__name__: f for f in [*SPAWNED, *TORCHRUN, cuda_read_before_wait]}
 
 
-def training_step(rank: int) -> None:
-    """The step the merged report is made of: two bugs, on both ranks."""
-    grad = torch.randn(512, generator=torch.Generator().manual_seed(rank))
-    work = dist.all_reduce(grad, async_op=True)  # L:step-coll
-    norm = grad.norm()  # L:step-early
-    work.wait()
-    stats = torch.ones(8)
-    w2 = dist.all_reduce(stats, async_op=True)  # L:step-coll-1
-    if rank == 1:
-        stats.zero_()  # L:step-overwrite-1
-    w2.wait()
-    del norm
-
-
 def run_scenarios(rank: int, names: list[str], out: str) -> None:
     """Each scenario in its own ``track()`` region; results to OUT/rank<R>/scenarios.json."""
     import esper_lifetimes as el
@@ -321,11 +308,22 @@ def spawn_entry(rank: int, world: int, port: int, out: str, names: list[str], ba
 if __name__ == "__main__":
     # torchrun --standalone --nproc-per-node 2 -m esper_lifetimes run --report REPORTS \
     #     tests/distributed_worker.py OUT: the TORCHRUN scenarios in their own regions, then
-    #     the training step under the run's tracker (the rank's report)
+    #     the README's example (examples/allreduce_overlap.py) under the run's tracker:
+    #     the rank's report. One process group for both (a default group initialized
+    #     again after its destroy hangs under torchrun): the example's init and destroy
+    #     are no-ops here.
     dist.init_process_group("gloo")
     try:
         run_scenarios(dist.get_rank(), [f.__name__ for f in TORCHRUN], sys.argv[1])
         dist.barrier()
-        training_step(dist.get_rank())
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        init, destroy = dist.init_process_group, dist.destroy_process_group
+        dist.init_process_group = dist.destroy_process_group = lambda *a, **k: None
+        try:
+            runpy.run_path(
+                os.path.join(root, "examples", "allreduce_overlap.py"), run_name="__main__"
+            )
+        finally:
+            dist.init_process_group, dist.destroy_process_group = init, destroy
     finally:
         dist.destroy_process_group()
