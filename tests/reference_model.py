@@ -511,6 +511,28 @@ class ReferenceModel:
                 )
             )
 
+    def launch(self, stream, reads, writes, site=None):
+        """One kernel launch: `access` for each read range, then each write range; every
+        range is checked before any is applied."""
+        _check_handle(stream, "stream")
+        _check_site(site)
+        ranges = []
+        for flat, write in ((reads, False), (writes, True)):
+            if not isinstance(flat, (tuple, list)):
+                raise ModelInvalidArgument(f"ranges must be a tuple or list, got {flat!r}")
+            if len(flat) % 2:
+                raise ModelInvalidArgument(f"ranges must be (ptr, nbytes) pairs, got {flat!r}")
+            for i in range(0, len(flat), 2):
+                ptr, nbytes = flat[i], flat[i + 1]
+                _check_ptr(ptr)
+                _check_size(ptr, nbytes)
+                ranges.append((ptr, nbytes, write))
+        for ptr, nbytes, _ in ranges:
+            if self._containing(ptr, nbytes) is None:
+                raise ModelUnknownStorage(f"launch range {ptr:#x}+{nbytes} is in no live storage")
+        for ptr, nbytes, write in ranges:
+            self.access(ptr, nbytes, stream, write, site)
+
     def record_stream(self, ptr, stream, site=None):
         _check_ptr(ptr)
         _check_handle(stream, "stream")
@@ -631,6 +653,10 @@ class ReferenceModel:
         else:
             u = ev.stream
             self.windows[u] = (ev.clock.get(u, 0), self._stream(u).position)
+
+    def forget_event(self, event):
+        _check_handle(event, "event")
+        self.events.pop(event, None)  # a later wait on the handle: a never-recorded event
 
     def define_stream(self, stream, name=None, virtual=False):
         _check_handle(stream, "stream")

@@ -151,7 +151,15 @@ def scale_size(n, k: int):
     return n * k if _is_int(n) else n
 
 
+def _scale_ranges(flat, k: int):
+    out = [scale_ptr(v, k) if i % 2 == 0 else scale_size(v, k) for i, v in enumerate(flat)]
+    return type(flat)(out)
+
+
 def scale_args(method: str, args: tuple, k: int) -> tuple:
+    if k != 1 and method == "launch":
+        stream, reads, writes, *rest = args  # rest: the site, when rendering
+        return (stream, _scale_ranges(reads, k), _scale_ranges(writes, k), *rest)
     if k == 1 or method not in ADDRESS_ARGS:
         return args
     pi, si = ADDRESS_ARGS[method]
@@ -202,6 +210,7 @@ NO_SITE = {
     "define_stream",
     "host_release",
     "flush",
+    "forget_event",
 }
 
 
@@ -228,7 +237,7 @@ GOOD_KINDS = (
     + ["copy_to_host", "copy_from_host", "host_access", "host_access", "host_release"]
     + ["hb"] * 3
     + ["life"] * 3
-    + ["adopt", "flush", "flush"]
+    + ["adopt", "flush", "flush", "launch", "launch", "forget_event"]
     + ["deferred"] * 4
     + ["unwaited"] * 3
     + ["copies"] * 2
@@ -292,11 +301,15 @@ def concretize(op, model: ReferenceModel, streams, events, virtual) -> Call | li
             return call("free", live[i0 % len(live)][0])
         ptr, n = free[i0 % len(free)]
         return call(kind, ptr, n, stream)
-    if kind in ("access", "free", "record", "hb", "life", "deferred") and not live:
+    if kind == "forget_event":
+        return call("forget_event", event)
+    if kind in ("access", "free", "record", "hb", "life", "deferred", "launch") and not live:
         ptr, n = ALLOC_CANDIDATES[i0 % len(ALLOC_CANDIDATES)]  # allocate instead
         return call("alloc", ptr, n, stream)
     if kind in ("unwaited", "prefetch", "vreuse") and not _free_slots(live):
         return call("free", live[i0 % len(live)][0])  # make room instead
+    if kind == "launch":
+        return launch_call(op, live, stream)
     if kind == "hb":
         return happens_before_pattern(op, live, streams, events)
     if kind == "life":
@@ -424,6 +437,26 @@ def _free_slots(live, planned=()) -> list[tuple[int, int]]:
 def _other(streams, s, i: int) -> int:
     others = [x for x in streams if x != s]
     return others[i % len(others)]
+
+
+def _sub_range(base: int, n: int, j: int) -> tuple[int, int]:
+    if j % 3 == 0:
+        return base, n
+    off = j % n
+    return base + off, 1 + (j // 3) % (n - off)
+
+
+def launch_call(op, live, stream) -> Call:
+    """One launch: up to two read ranges and up to two write ranges of live storages,
+    sometimes over the same storage (a read and a write of it in one kernel)."""
+    _, i0, i1, i2, i3, flag, site, interned, x = op
+    reads, writes = [], []
+    for k in range(x % 3):
+        reads += _sub_range(*live[(i0 + k * i2) % len(live)], x >> (2 + 3 * k))
+    for k in range((x >> 8) % 3):
+        writes += _sub_range(*live[(i0 + k + i3) % len(live)], x >> (10 + k) ^ i2)
+    container = tuple if flag else list
+    return Call("launch", (stream, container(reads), container(writes)), site, False, interned)
 
 
 def deferred_free_pattern(op, model, live, streams, events) -> list[Call]:
@@ -643,7 +676,7 @@ def bad_call(i0, i1, i2, i3, flag, site, interned, live, stream, event) -> Call:
         ]
         return holes[j % len(holes)] if holes else OUTSIDE
 
-    variant = i0 % 13
+    variant = i0 % 14
     if variant == 0:  # free of a pointer that is not a live base
         bases = {b for b, _ in live}
         unknown = [p for p, _ in ALLOC_CANDIDATES if p not in bases] or [OUTSIDE]
@@ -719,6 +752,16 @@ def bad_call(i0, i1, i2, i3, flag, site, interned, live, stream, event) -> Call:
             return call("access", b, n, stream, False, site_value=bad, raw=True)
         method = "adopt" if i3 % 2 else "alloc"
         return call(method, OUTSIDE, 8, stream, site_value=bad, raw=True)
+    if variant == 13:  # a launch with one bad range (every range is checked first)
+        good = [live[i2 % len(live)][0], live[i2 % len(live)][1]] if live else []
+        bad = (
+            [not_in_storage(i1), 1 + i3 % 4],  # in no storage
+            [OUTSIDE, 0],  # zero size
+            [OUTSIDE],  # not a pair
+            [1.5, 8],  # not an int
+        )[i1 % 4]
+        reads, writes = (good + bad, good) if flag else (good, bad + good)
+        return call("launch", stream, tuple(reads), tuple(writes))
     # variant 12: a stream handle that is not an int
     bad = ("s", 1.0, None)[i1 % 3]
     if live:
