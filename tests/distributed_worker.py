@@ -28,6 +28,8 @@ def _result(tr: Any) -> dict[str, Any]:
         "hazards": [reports.hazard_dict(h) for h in tr.hazards],
         "seen": distributed.seen(tr),
         "unseen": distributed.unseen(tr),
+        "tracker_unseen": tr.unseen,
+        "report": tr.report(),
         "pending": distributed.pending(tr),
         "diagnostics": tr.diagnostics,
     }

@@ -143,8 +143,12 @@ def test_two_ranks_spawn_gloo(tmp_path):
         # DDP's reducer issues its collectives from C++: reported as unseen, with lines
         ddp = res["ddp"]
         assert ddp["hazards"] == [] and ddp["seen"] == {}
-        assert any(k.startswith("c10d::allreduce_ (") for k in ddp["unseen"]), ddp
-        assert any(k.endswith(_line("ddp-backward") + ")") for k in ddp["unseen"]), ddp
+        assert any(
+            k.startswith("c10d::allreduce_ at ") and k.endswith(_line("ddp-backward"))
+            for k in ddp["unseen"]
+        ), ddp
+        assert ddp["tracker_unseen"] == ddp["unseen"]  # and in the tracker's report
+        assert " ran unseen (" in ddp["report"] and "c10d::allreduce_ at " in ddp["report"]
 
 
 def _torchrun(tmp_path) -> tuple[str, str, subprocess.Popen]:

@@ -138,7 +138,8 @@ def _state(tr: Any) -> _State:
 
 def unseen(tr: Any) -> dict[str, int]:
     """Collectives tracker ``tr`` saw only as opaque ``c10d`` ops (issued from C++):
-    ``{"c10d::allreduce_ (file:line)": count}``."""
+    ``{"c10d::allreduce_ at file:line": count}`` (also in ``Tracker.unseen`` and the
+    tracker's report)."""
     st = tr.__dict__.get("_dist_state")
     return dict(st.unseen) if st is not None else {}
 
@@ -875,7 +876,7 @@ def _on_c10d_op(
     if name in _NO_DATA:
         return  # a barrier: no tensor of the program's
     where = _site_text(tr, site)
-    key = f"{name} ({where})" if where else name
+    key = f"{name} at {where}" if where else name  # as Tracker.unseen spells its keys
     st = _state(tr)
     st.unseen[key] = st.unseen.get(key, 0) + 1
     # modelled on the current stream: as the op would run had its wait followed at once
