@@ -180,6 +180,18 @@ def ddp(rank: int) -> None:
     model(torch.randn(4, 16)).sum().backward()  # L:ddp-backward
 
 
+def ddp_comm_hook(rank: int) -> None:
+    """DDP with torch's own allreduce communication hook: its collectives pass through
+    Python (dist.all_reduce(..., async_op=True).get_future()) and are seen."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    model.register_comm_hook(None, default_hooks.allreduce_hook)
+    model(torch.randn(4, 16)).sum().backward()
+    g = model.module[0].weight.grad * 2
+    del g
+
+
 def fsdp2(rank: int) -> None:
     from torch.distributed.fsdp import fully_shard
 
@@ -270,6 +282,7 @@ SPAWNED = [
     future_and_polling,
     functional,  # emulation, functional collectives and DDP all import torch._dynamo:
     ddp,  # once per process
+    ddp_comm_hook,
 ]
 TORCHRUN = [free_under_side_stream, p2p, bucketed_allreduce, fsdp2]
 SCENARIOS = {f.__name__: f for f in [*SPAWNED, *TORCHRUN, cuda_read_before_wait]}
