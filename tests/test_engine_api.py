@@ -2016,6 +2016,9 @@ def test_replay_bad_row_names_its_index_and_applies_the_rows_before():
         ([ops.READ, Y, -4, D], InvalidArgumentError),
         ([ops.READ, Z, 8, D], UnknownStorageError),
         ([ops.ALLOC, X + 8, 8, D], UnknownStorageError),
+        ([ops.ADOPT, X + 8, 8, D], UnknownStorageError),  # adopt: the errors of alloc
+        ([ops.ADOPT, Y, 0, D], InvalidArgumentError),
+        ([ops.ADOPT, Y, -8, D], InvalidArgumentError),
         ([ops.RECORD_STREAM, Z, S, 0], UnknownStorageError),
     ],
 )
