@@ -618,3 +618,56 @@ def test_tracked_emulation_reports_cuda_stream_names():
     assert h.kind == "unsynced-access" and tag_of(h.use_site) == "use"
     assert h.use_stream_name == "cuda:0 default"
     assert h.other_stream_name.startswith("cuda:0 stream ")
+
+
+# ---------------------------------------------------------------------------------------
+# @checked and always-on under emulation
+
+
+def _leak_on_side_stream():
+    side = torch.cuda.Stream()
+    x = torch.randn(N, device="cuda")
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = x * 2  # @use
+    del x  # @free
+    return y
+
+
+@pytest.mark.parametrize("order", ["emulation-outside", "checked-first"])
+def test_checked_finds_the_hazard_under_emulation(order):
+    step = esper_lifetimes.checked(_leak_on_side_stream)
+    if order == "checked-first":
+        esper_lifetimes.checked_tracker()  # the shared tracker exists before emulation
+    with emulate_cuda():
+        with pytest.raises(esper_lifetimes.LifetimeHazardError) as ei:
+            step()
+            esper_lifetimes.flush_checked()
+    (h,) = ei.value.hazards
+    assert h.kind == "unsynced-free" and tag_of(h.use_site) == "use"
+    assert tag_of(h.free_site) == "free"
+
+
+@pytest.mark.parametrize("order", ["emulation-outside", "always-on-first"])
+def test_always_on_finds_the_hazard_under_emulation(order):
+    from esper_lifetimes import modes
+
+    if order == "always-on-first":
+        run = modes.enable(mode="always-on", sample=1.0)
+        em = emulate_cuda()
+        em.__enter__()
+    else:
+        em = emulate_cuda()
+        em.__enter__()
+        run = modes.enable(mode="always-on", sample=1.0)
+    try:
+        torch.cuda.synchronize()  # a barrier: the window opens here
+        keep = _leak_on_side_stream()
+        nxt = torch.zeros(N, device="cuda")  # the next allocation on the default stream
+        del keep, nxt
+    finally:
+        modes.disable()
+        em.__exit__(None, None, None)
+    kinds = [(h.kind, tag_of(h.use_site)) for h in run.hazards if h.severity == "error"]
+    assert ("unsynced-free", "use") in kinds, run.report()
+    assert not emulate.is_emulating() and not torch.cuda.is_available()
