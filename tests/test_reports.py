@@ -475,9 +475,11 @@ def test_tracker_report_and_its_error_are_the_compact_form():
             with virtual.stream(side):
                 _ = x * 2
             del x
-    assert str(info.value) == format_report(info.value.hazards)
-    assert t.report() == format_report(t.hazards)
-    assert "\n  fix: call t.record_stream(s)" in str(info.value)
+    from esper_lifetimes.fixes import fix_for  # the tracker names the tensor and stream
+
+    assert str(info.value) == format_report(info.value.hazards, fix_for=fix_for)
+    assert t.report() == format_report(t.hazards, fix_for=fix_for)
+    assert "\n  fix: call `x.record_stream(side)`" in str(info.value)
 
 
 def test_text_report_defaults_to_stderr(capsys):

@@ -39,7 +39,9 @@ def test_raise_comes_at_the_first_op_after_the_free_never_from_the_finalizer():
     err = info.value
     assert [h.kind for h in err.hazards] == ["unsynced-free"]
     assert "unsynced-free" in str(err)
-    assert str(err) == esper_lifetimes.tracking.format_report(err.hazards)
+    assert str(err) == esper_lifetimes.tracking.format_report(
+        err.hazards, fix_for=esper_lifetimes.fixes.fix_for
+    )
 
 
 def test_raise_at_exit_when_no_op_follows_the_free():

@@ -47,6 +47,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
+from esper_lifetimes.fixes import fix_for as _fix_for  # names the real tensor and stream
 from esper_lifetimes.reports.text import format_report  # the one text renderer, compact
 from esper_lifetimes.sites import SiteMark as _SiteMark
 from esper_lifetimes.sites import SiteTable, format_site, user_frame
@@ -723,7 +724,9 @@ class Tracker:
         """The readable report of ``hazards`` (default: all found), followed by what ran
         unseen and what ran differently so that it was seen (``unseen``, ``notes``)."""
         hs = self.hazards if hazards is None else hazards
-        text = format_report(hs, diagnostics=self._diag_count if hazards is None else 0)
+        text = format_report(
+            hs, diagnostics=self._diag_count if hazards is None else 0, fix_for=_fix_for
+        )
         if hazards is None:
             extra = self._coverage_lines()
             if extra:
@@ -949,7 +952,7 @@ class Tracker:
                 self._held = errors + self._held
                 self._held_policy = max(self._held_policy, pol)
             return
-        text = format_report(errors)
+        text = format_report(errors, fix_for=_fix_for)
         if pol == RAISE:
             if exc is None:
                 raise LifetimeHazardError(text, errors)
