@@ -1513,6 +1513,11 @@ def test_hazards_pickle_compare_and_hash():
         assert hash(back) == hash(free)
         assert back.to_dict() == free.to_dict()
         assert back.message == free.message and back.live is True
+    e.copy_to_host(H, N, S2, "h.py:2")
+    e.host_access(H, N, False, "h.py:3")
+    host = only(e, "host-read-before-copy")  # None in the storage fields
+    assert pickle.loads(pickle.dumps(host)).to_dict() == host.to_dict()
+    assert pickle.loads(pickle.dumps(host)) == host
     assert free != reuse
     assert e.hazards()[0] == free  # a fresh object for the same hazard
     assert len({free, reuse, pickle.loads(pickle.dumps(free)), e.hazards()[1]}) == 2
