@@ -101,6 +101,10 @@ class _TagRef(weakref.ref):  # type: ignore[type-arg]
     """A weakref to a tagged storage that carries what its free takes off the stats."""
 
     __slots__ = ("key", "stats", "n", "pool")
+    key: int
+    stats: _Stats
+    n: int
+    pool: int
 
 
 def _untagged(ref: _TagRef) -> None:
@@ -678,8 +682,8 @@ def _h_cai(func: Any, args: tuple, kwargs: dict) -> Any:
 
 _HANDLERS: dict[Any, Callable[[Any, tuple, dict], Any]] = {
     _Tensor.device.__get__: _h_device,
-    _Tensor.is_cuda.__get__: _h_is_cuda,
-    _Tensor.is_cpu.__get__: _h_is_cpu,
+    _Tensor.is_cuda.__get__: _h_is_cuda,  # type: ignore[attr-defined]
+    _Tensor.is_cpu.__get__: _h_is_cpu,  # type: ignore[attr-defined]
     _unwrap(_Tensor.get_device): _h_get_device,
     _unwrap(_Tensor.is_pinned): _h_is_pinned,
     _unwrap(_Tensor.pin_memory): _h_pin_memory,
@@ -1072,9 +1076,8 @@ class _DeviceCtx:
         self.prev_idx = _exchange_device(self.idx)
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         _exchange_device(self.prev_idx)
-        return False
 
 
 def _exchange_device(d: int) -> int:
@@ -1099,8 +1102,8 @@ class Generator(torch._C.Generator, metaclass=_GenMeta):
 
     def __new__(cls, device: Any = "cpu") -> Any:
         tgt = _target(device) if device is not None else _CPU
-        g = torch._C.Generator.__new__(cls, "cpu" if tgt is not None else device)
-        g._emu_dev = tgt if tgt is not None and tgt >= 0 else None
+        g = torch._C.Generator.__new__(cls, "cpu" if tgt is not None else device)  # type: ignore[call-arg]
+        g._emu_dev = tgt if tgt is not None and tgt >= 0 else None  # type: ignore[attr-defined]
         return g
 
     def __init__(self, device: Any = "cpu") -> None:
@@ -1476,13 +1479,12 @@ class emulate_cuda:  # noqa: N801 - a context manager named like a function
         self._entered += 1
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:
         if self._entered <= 0:
-            return False
+            return
         self._entered -= 1
         _exit_thread()
         self._leave()
-        return False
 
     def _leave(self) -> None:
         global _em
