@@ -671,3 +671,41 @@ def test_always_on_finds_the_hazard_under_emulation(order):
     kinds = [(h.kind, tag_of(h.use_site)) for h in run.hazards if h.severity == "error"]
     assert ("unsynced-free", "use") in kinds, run.report()
     assert not emulate.is_emulating() and not torch.cuda.is_available()
+
+
+def test_generic_stream_api_races_are_found():
+    def body(wait: bool):
+        s = torch.Stream(device="cuda")
+        with torch.cuda.stream(s):
+            x = torch.randn(N, device="cuda")  # @write
+            ev = torch.Event(device="cuda")
+            ev.record(s)
+        if wait:
+            torch.accelerator.current_stream().wait_event(ev)
+        return x, x + 1  # @use
+
+    for wait in (False, True):
+        with emulate_cuda(), esper_lifetimes.track("collect") as t:
+            keep = body(wait)
+        del keep
+        if wait:
+            assert t.errors == [], t.report()
+        else:
+            assert kinds(t) == [("unsynced-access", "use")], t.report()
+            assert tag_of(t.errors[0].other_site) == "write"
+
+
+def test_each_device_has_its_own_default_stream_in_reports():
+    with emulate_cuda(devices=2), esper_lifetimes.track("collect") as t:
+        torch.cuda.set_device(1)
+        x = torch.randn(N, device="cuda:1")  # @write
+        torch.cuda.set_device(0)
+        with torch.cuda.device(1):
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                y = x * 2  # @use
+        del y
+    (h,) = t.errors
+    assert h.kind == "unsynced-access" and tag_of(h.use_site) == "use"
+    assert h.other_stream_name == "cuda:1 default"
+    assert h.use_stream_name.startswith("cuda:1 stream ")
