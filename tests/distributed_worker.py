@@ -187,7 +187,7 @@ def ddp_comm_hook(rank: int) -> None:
 
     model = torch.nn.parallel.DistributedDataParallel(_model())
     model.register_comm_hook(None, default_hooks.allreduce_hook)
-    model(torch.randn(4, 16)).sum().backward()
+    model(torch.randn(4, 16)).sum().backward()  # L:hook-backward
     g = model.module[0].weight.grad * 2
     del g
 

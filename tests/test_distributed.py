@@ -149,10 +149,16 @@ def test_two_ranks_spawn_gloo(tmp_path):
         ), ddp
         assert ddp["tracker_unseen"] == ddp["unseen"]  # and in the tracker's report
         assert " ran unseen (" in ddp["report"] and "c10d::allreduce_ at " in ddp["report"]
-        # with a communication hook in Python, the gradient all-reduce is seen
+        # with a communication hook in Python, the gradient all-reduce is seen (on the
+        # current stream: DDP's reducer waits on the hook's future in C++, unseen)
         hook = res["ddp_comm_hook"]
         assert hook["hazards"] == [] and hook["seen"].get("all_reduce", 0) >= 1, hook
         assert not any(k.startswith("c10d::allreduce_") for k in hook["unseen"]), hook
+        assert any(
+            k.startswith("all_reduce in a DDP communication hook, waited on in C++ at ")
+            and k.endswith(_line("hook-backward"))
+            for k in hook["unseen"]
+        ), hook
 
 
 def _torchrun(tmp_path) -> tuple[str, str, subprocess.Popen]:

@@ -506,6 +506,25 @@ def _is_root(args: Any, group: Any, key: str, group_key: str) -> bool:
     return False
 
 
+def _in_comm_hook() -> bool:
+    """Whether the call comes from a DDP communication hook (a caller frame holds the
+    ``GradBucket`` the reducer passed it). The reducer waits on the hook's future in C++,
+    on whatever thread completes it: that wait is never seen."""
+    try:
+        bucket_type = torch._C._distributed_c10d.GradBucket
+        f: Any = sys._getframe(2)
+    except Exception:  # pragma: no cover
+        return False
+    for _ in range(32):
+        if f is None:
+            return False
+        for v in f.f_locals.values():
+            if isinstance(v, bucket_type):
+                return True
+        f = f.f_back
+    return False
+
+
 def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
     reads_at, writes_at, always_async, p2p = _SPECS[name]
     try:
@@ -534,6 +553,7 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
                 if not _is_root(a, group, "dst", "group_dst"):
                     writes = []
             coalescing = _in_coalescing(group)
+            hooked = async_op and _in_comm_hook()
             sites = [(tr, _site(tr)) for tr in trackers]
         except Exception:
             return orig(*args, **kwargs)
@@ -551,6 +571,20 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
         work = result if async_op and _is_work(result) else None
         if async_op and work is None:
             return result  # not a member of the group, or the backend synced itself
+        if hooked:
+            # modelled on the current stream (as if waited at once), its wait counted unseen
+            async_op = False
+            work = None
+
+            def note_hook(tr: Any) -> None:
+                where = _site_text(tr, site_of.get(id(tr)))
+                key = f"{name} in a DDP communication hook, waited on in C++"
+                key = f"{key} at {where}" if where else key
+                st = _state(tr)
+                st.unseen[key] = st.unseen.get(key, 0) + 1
+
+            site_of = dict((id(tr), s) for tr, s in sites)
+            _after(trackers, note_hook, name)
         first = (reads or writes or [None])[0]
         coll = None
         if work is not None and first is not None:
