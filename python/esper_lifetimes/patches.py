@@ -74,6 +74,9 @@ def push(tracker: Any, mode: Any) -> None:
             m.suspended += 1
     _tls.active.append(tracker)
     _tls.modes.append(mode)
+    from esper_lifetimes import autocast  # loaded by the patch table already
+
+    autocast.note_outer()  # a region that starts inside autocast
     _set_fast()
 
 
@@ -352,6 +355,12 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
         (t, "__repr__", lambda o: _wrap(o, _f_host_read)),
         (torch.UntypedStorage, "resize_", lambda o: _wrap(o, _f_resize)),
     ]
+    # autocast entered or left while tracking: its dispatch key state, for autocast.run
+    from esper_lifetimes import autocast
+
+    ac = torch.amp.autocast_mode.autocast
+    table.append((ac, "__enter__", autocast._make_enter))
+    table.append((ac, "__exit__", autocast._make_exit))
     # torch.distributed's collectives, works and futures (esper_lifetimes.distributed)
     from esper_lifetimes import distributed
 

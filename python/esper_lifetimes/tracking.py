@@ -47,6 +47,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
+from esper_lifetimes import autocast as _autocast
 from esper_lifetimes.fixes import fix_for as _fix_for  # names the real tensor and stream
 from esper_lifetimes.reports.text import format_report  # the one text renderer, compact
 from esper_lifetimes.sites import SiteMark as _SiteMark
@@ -490,6 +491,12 @@ class _Mode(TorchDispatchMode):
             kwargs = {}
         if self.suspended or _dynamo_compiling():
             return func(*args, **kwargs)
+        if _autocast.active:
+            # a composite op under inference_mode + autocast: decomposed here, with the
+            # autocast that is on outside, so that tracking changes no dtype (autocast.py)
+            r = _autocast.run(self, func, args, kwargs)
+            if r is not _autocast.NONE:
+                return r
         left = self.left
         if left >= 0:
             if not left:
