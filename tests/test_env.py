@@ -151,3 +151,16 @@ def test_enable_accepts_the_env_spellings():
     assert el.enable("disabled") is None and not el.is_enabled()
     tr = el.enable("Always_On", sample=1)
     assert tr is modes.always_on() and tr.mode == "always-on"
+
+
+def test_emulate_cuda_from_the_environment_and_disable_leaves_it():
+    code = (
+        "import esper_lifetimes, torch\n"
+        "print(torch.cuda.is_available())\n"
+        "esper_lifetimes.disable()\n"
+        "print(torch.cuda.is_available())\n"
+    )
+    out = _run(code, "on,emulate=cuda")
+    assert out.returncode == 0, out.stderr
+    real = _run("import torch; print(torch.cuda.is_available())", None).stdout.split()
+    assert out.stdout.split() == ["True", *real]
