@@ -723,3 +723,46 @@ def test_virtual_reuse_by_the_allocation_stream_is_a_reuse_race(V):
     rr = _only(t, "reuse-race")
     assert (tag_of(rr.free_site), tag_of(rr.other_site)) == ("free", "realloc")
     del y
+
+
+# An op the mode cannot look into (a higher-order op, no schema): its inner ops run with
+# the mode popped. It is counted as unseen work, and the report says so.
+
+
+def _opaque_hop():
+    from torch._ops import HigherOrderOperator
+
+    class Opaque(HigherOrderOperator):
+        def __init__(self):
+            super().__init__("esper_test_opaque")
+
+        def __call__(self, fn, x):
+            return super().__call__(fn, x)  # @hop
+
+    op = Opaque()
+
+    @op.py_impl(torch._C.DispatchKey.Autograd)
+    def _autograd(fn, x):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(fn, x)
+
+    @op.py_impl(torch._C.DispatchKey.CompositeExplicitAutograd)
+    def _dense(fn, x):
+        return fn(x)
+
+    return op
+
+
+def test_a_higher_order_op_the_mode_cannot_see_into_is_counted_unseen(V):
+    op = _opaque_hop()
+    s = V.Stream("s")
+    with V.track() as t:
+        x = V.randn(N)
+        with V.stream(s):
+            y = op(lambda a: a * 2, x)  # racy, and not seen
+    assert t.hazards == []
+    ((what, n),) = t.unseen.items()
+    assert what.startswith("op esper_test_opaque at ") and n == 1
+    assert tag_of(what.rsplit(" at ", 1)[1]) == "hop"
+    assert "1 op ran unseen (op esper_test_opaque at " in t.report()
+    del y

@@ -142,7 +142,7 @@ def is_enabled() -> bool:
 # ---------------------------------------------------------------------------------------
 # Op plans
 
-_GENERIC, _SKIP, _LIFT, _SCALAR, _COPY_, _TO_COPY, _PIN, _RESIZE, _MAYBE = range(9)
+_GENERIC, _SKIP, _LIFT, _SCALAR, _COPY_, _TO_COPY, _PIN, _RESIZE, _MAYBE, _UNSEEN = range(10)
 
 # Ops that touch no bytes although their schema says they read a tensor (or that
 # esper_lifetimes itself calls while a tracker's mode is active).
@@ -275,8 +275,14 @@ _SKIP_PLAN = _Plan("<skip>", _SKIP)
 def _make_plan(func: Any) -> _Plan:
     try:
         plan = _build_plan(func)
-    except Exception:  # a higher-order op or an op without a schema: not tracked
-        plan = _SKIP_PLAN
+    except Exception:
+        # a higher-order op or an op without a schema: the mode cannot see what it
+        # touches (its inner ops run with the mode popped); counted as unseen work
+        try:
+            name = str(getattr(func, "name", lambda: func)())
+        except Exception:
+            name = repr(func)
+        plan = _Plan(name, _UNSEEN)
     if plan is _SKIP_PLAN:
         plan = _Plan("<skip>", _SKIP)
     plan.func = func
@@ -1055,6 +1061,8 @@ class Tracker:
                 ref = self._recs.get(id(st))
                 if ref is not None:
                     self._resync(st, ref, site, None)
+        elif sp == _UNSEEN:
+            self._count(self._unseen, f"op {plan.name}", 3)
         else:
             handler = _HANDLERS.get(sp)
             if handler is not None:
