@@ -766,3 +766,18 @@ def test_a_higher_order_op_the_mode_cannot_see_into_is_counted_unseen(V):
     assert tag_of(what.rsplit(" at ", 1)[1]) == "hop"
     assert "1 op ran unseen (op esper_test_opaque at " in t.report()
     del y
+
+
+def test_what_a_region_wraps_for_threads_compile_and_graphs_is_restored_at_exit(V):
+    import threading
+
+    before = (torch.compile, threading.Thread.start, torch.cuda.CUDAGraph.replay)
+    with V.track():
+        during = (torch.compile, threading.Thread.start, torch.cuda.CUDAGraph.replay)
+        with V.track():  # nested: restored only when the last region detaches
+            pass
+        assert (torch.compile, threading.Thread.start, torch.cuda.CUDAGraph.replay) == during
+    after = (torch.compile, threading.Thread.start, torch.cuda.CUDAGraph.replay)
+    assert after == before
+    assert threading.Thread.start is not during[1]
+    assert torch.cuda.CUDAGraph.replay is not during[2]
