@@ -178,7 +178,7 @@ def _api_snapshot():
             "graph",
         )
     ]
-    names += [(torch, "Stream"), (torch, "Event"), (torch, "Generator")]
+    names += [(torch, "Stream"), (torch, "Event"), (torch, "Generator"), (torch, "compile")]
     names += [(torch.accelerator, "current_stream"), (torch.accelerator, "is_available")]
     names += [(cudnn, "is_acceptable"), (ser, "location_tag")]
     names += [(ser, "default_restore_location"), (torch.Tensor, "record_stream")]
@@ -485,6 +485,18 @@ def test_compile_runs_the_module_eagerly_keeping_optimized_module():
             assert type(cm).__name__ == "OptimizedModule" and cm._orig_mod is m
             out = cm(x)
             assert out.is_cuda and torch.equal(out, want)
+
+
+def test_a_module_compiled_before_emulation_runs_under_it():
+    m = torch.nn.Linear(4, 4)
+    cm = torch.compile(m)
+    with emulate_cuda():
+        m.cuda()
+        x = torch.randn(2, 4, device="cuda")
+        assert torch.equal(cm(x), m(x)) and cm(x).is_cuda
+    import torch._dynamo.eval_frame as ef
+
+    assert ef._stance.stance == "default"
 
 
 def test_autocast_answers_as_on_cuda():

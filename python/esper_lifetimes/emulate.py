@@ -30,6 +30,7 @@ limits: docs/EMULATION.md.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -1338,6 +1339,8 @@ def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
     for owner in (torch, dlpack):
         fn(owner, "to_dlpack", _to_dlpack(dlpack.to_dlpack))
         fn(owner, "from_dlpack", _from_dlpack(dlpack.from_dlpack))
+    # torch.compile: the OptimizedModule as usual, run eagerly
+    fn(torch, "compile", _make_compile(torch.compile))
     # threads started inside emulation enter it
     th = threading.Thread
     fn(th, "start", _make_start(th.start))
@@ -1385,6 +1388,11 @@ def _uninstall(done: list[_Patch]) -> None:
                 for i, e in enumerate(saved):
                     if e[0] is p.owner and e[1] == p.name and e[2] is p.installed:
                         saved[i] = (e[0], e[1], p.before, *e[3:])
+            # a tracked region's own wrapper of torch.compile (tracking._compiled_on)
+            csaved = getattr(tracking, "_compile_saved", None)
+            if csaved and p.owner is torch and p.name == "compile":
+                if csaved.get("compile") is p.installed and p.before is not _MISSING:
+                    csaved["compile"] = p.before
             # a tracked region's own wrapper of Thread.start (tracking._follow_threads)
             ts = getattr(tracking, "_thread_saved", None)
             if p.owner is threading.Thread and p.name == "start" and ts:
@@ -1532,6 +1540,16 @@ def _start_emulation(em: _Emulation) -> None:
         _defaults[i] = s
     virtual.DEFAULT.__class__ = Stream  # torch.cuda.default_stream() answers as a CUDA stream
     em.patches = _install(em)
+    if sys.modules.get("torch._dynamo.eval_frame") is not None:
+        _eager_stance(em)
+    # else: dynamo is slow to import (seconds); the patched torch.compile sets the stance
+    tracking._emulating = True
+
+
+def _eager_stance(em: _Emulation) -> None:
+    """Compiled code runs eagerly under emulation (its ops then pass the modes)."""
+    if "stance" in em.saved:
+        return
     try:
         import torch._dynamo.eval_frame as ef
 
@@ -1540,7 +1558,17 @@ def _start_emulation(em: _Emulation) -> None:
         em.saved["our_stance"] = ef._stance
     except Exception:  # noqa: S110 - torch without dynamo: nothing to set
         pass
-    tracking._emulating = True
+
+
+def _make_compile(orig: Callable[..., Any]) -> Callable[..., Any]:
+    def compile(*args: Any, **kwargs: Any) -> Any:  # noqa: A001 - torch.compile's name
+        out = orig(*args, **kwargs)
+        em = _em
+        if em is not None:
+            _eager_stance(em)
+        return out
+
+    return compile
 
 
 def _stop_emulation(em: _Emulation) -> None:
