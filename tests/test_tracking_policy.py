@@ -177,13 +177,18 @@ def test_a_body_exception_is_never_masked_and_carries_the_report_as_a_note():
     del y
 
 
-def test_bad_policy_is_rejected():
-    with pytest.raises(ValueError, match="on_hazard"):
-        esper_lifetimes.track("ignore")
-    with pytest.raises(ValueError, match="on_hazard"):
-        esper_lifetimes.checked(on_hazard="loud")
-    with pytest.raises(ValueError, match="cpu"):
-        esper_lifetimes.track("collect", cpu="gpu")
+def test_bad_policy_is_rejected_with_a_lifetimes_error_naming_the_value():
+    # one class for every bad argument: a LifetimesError (and a ValueError)
+    for call, value in (
+        (lambda: esper_lifetimes.track("ignore"), "'ignore'"),
+        (lambda: esper_lifetimes.checked(on_hazard="loud"), "'loud'"),
+        (lambda: esper_lifetimes.checked(on_hazard=None), "None"),
+        (lambda: esper_lifetimes.track("collect", cpu="gpu"), "'gpu'"),
+    ):
+        with pytest.raises(esper_lifetimes.ConfigError, match=value) as info:
+            call()
+        assert isinstance(info.value, esper_lifetimes.LifetimesError)
+        assert isinstance(info.value, ValueError)
 
 
 def test_report_names_kind_streams_sites_and_code():

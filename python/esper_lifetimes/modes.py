@@ -34,8 +34,7 @@ from typing import Any
 import torch
 
 from esper_lifetimes import config, merge, patches, tracking
-from esper_lifetimes._core import InvalidArgumentError
-from esper_lifetimes.tracking import Tracker, _Mode
+from esper_lifetimes.tracking import ConfigError, Tracker, _Mode
 
 __all__ = [
     "AlwaysOnTracker",
@@ -56,11 +55,6 @@ log = logging.getLogger("esper_lifetimes")
 DEFAULT_SAMPLE = 0.005
 DEFAULT_MAX_WINDOW_OPS = 20_000
 MODES = config.MODES
-
-
-class ConfigError(InvalidArgumentError, ValueError):
-    """A bad value given to :func:`enable` (or :class:`AlwaysOnTracker`): the message
-    names it. A :class:`esper_lifetimes.LifetimesError` (and a ``ValueError``)."""
 
 
 class _WindowMode(_Mode):

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from esper_lifetimes import Engine, Hazard, LifetimesError, patches, virtual
+from esper_lifetimes import Engine, Hazard, InvalidArgumentError, LifetimesError, patches, virtual
 from esper_lifetimes import autocast as _autocast
 from esper_lifetimes.fixes import fix_for as _fix_for  # names the real tensor and stream
 from esper_lifetimes.reports.text import format_report  # the one text renderer, compact
@@ -102,11 +102,17 @@ COLLECT, WARN, RAISE = 0, 1, 2
 _POLICIES = {"collect": COLLECT, "warn": WARN, "raise": RAISE}
 
 
+class ConfigError(InvalidArgumentError, ValueError):
+    """A bad value given to :func:`esper_lifetimes.enable`, :func:`track`,
+    :func:`checked` (or :class:`AlwaysOnTracker`): the message names it. A
+    :class:`esper_lifetimes.LifetimesError` (and a ``ValueError``)."""
+
+
 def _policy(on_hazard: str) -> int:
     try:
         return _POLICIES[on_hazard]
-    except KeyError:
-        raise ValueError(
+    except (KeyError, TypeError):
+        raise ConfigError(
             f"on_hazard must be 'raise', 'warn' or 'collect', not {on_hazard!r}"
         ) from None
 
@@ -662,7 +668,7 @@ class Tracker:
         if cpu is None:
             cpu = "host" if torch.cuda.is_available() and not _emulating else "device"
         if cpu not in ("device", "host"):
-            raise ValueError(f"cpu must be 'device' or 'host', not {cpu!r}")
+            raise ConfigError(f"cpu must be 'device' or 'host', not {cpu!r}")
         self.cpu = cpu
         # under CUDA emulation, emulated CUDA tensors are device memory whatever ``cpu`` says
         self._cpu_device = cpu == "device" or _emulating
