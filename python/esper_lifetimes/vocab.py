@@ -67,6 +67,7 @@ def _color(name: str) -> str:
 
     return COLORS.get(name) or _SPARE_COLORS[zlib.crc32(name.encode()) % len(_SPARE_COLORS)]
 
+
 # The kinds as the engine exports them (``_core.KINDS``), for when it cannot be loaded.
 # Roles: (label, site field, stream-name field or None), in the order of the story.
 _STATIC_KINDS: Final[tuple[dict[str, Any], ...]] = (
