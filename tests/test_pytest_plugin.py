@@ -413,26 +413,6 @@ def test_memory_freed_by_earlier_tests_is_handed_out_again():
     )
 
 
-def test_always_on_without_support_in_the_package_is_a_usage_error(
-    pytester: pytest.Pytester,
-) -> None:
-    pytester.makeconftest(
-        """
-        import esper_lifetimes
-
-        def enable():  # an esper-lifetimes without the always-on mode
-            pass
-
-        esper_lifetimes.enable = enable
-        """
-    )
-    _write(pytester, "test_buggy", BUGGY)
-    result = _run(pytester, "--lifetimes=always-on")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--lifetimes=always-on is not available in this version*"])
-    assert "Traceback" not in result.stderr.str()
-
-
 # ---------------------------------------------------------------------------------------
 # xdist, threads, the test's own regions, the plugin's own errors
 

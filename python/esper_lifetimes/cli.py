@@ -343,6 +343,7 @@ def _report(
     ``--report DIR``. ``timeline``: a Timeline, an Analysis or None; ``hazards=None``:
     the hazards of its replay. Returns the hazards as dicts, None when writing failed."""
     from esper_lifetimes import reports
+    from esper_lifetimes.fixes import fix_for  # names the real tensor and stream
 
     # Replayed once: the writers take the Analysis (which carries the hazards) as is.
     analysis = reports.analyze(timeline, hazards) if timeline is not None else None
@@ -354,11 +355,17 @@ def _report(
     if getattr(args, "json", False):
         reports.write_json(out, given, analysis, meta, sources=sources)
     else:
-        reports.write_text(hs, err, timeline=analysis, sources=sources)
+        reports.write_text(hs, err, timeline=analysis, sources=sources, fix_for=fix_for)
     if args.report:
         try:
             paths = reports.write_all(
-                args.report, given, analysis, meta=meta, title=title, sources=sources
+                args.report,
+                given,
+                analysis,
+                meta=meta,
+                title=title,
+                sources=sources,
+                fix_for=fix_for,
             )
         except OSError as exc:
             _error(err, f"cannot write the reports to {args.report!r}: {exc}")

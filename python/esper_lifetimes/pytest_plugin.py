@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import os
 import traceback
 from collections.abc import Generator
@@ -307,7 +306,7 @@ class _Backend:
         self.mode = mode
         el = _import_package(mode)
         self._track = el.track
-        self.enabled = bool(getattr(el, "is_enabled", lambda: True)())
+        self.enabled = el.is_enabled()
 
     def open(self) -> _Region:
         return _Region(self._track(on_hazard="collect"))
@@ -324,21 +323,10 @@ class _AlwaysOnBackend(_Backend):
     def __init__(self, mode: str, sample: float | None) -> None:
         self.mode = mode
         el = _import_package(mode)
-        enable = getattr(el, "enable", None)
-        try:
-            has_mode = enable is not None and "mode" in inspect.signature(enable).parameters
-        except (TypeError, ValueError):  # pragma: no cover - a C callable
-            has_mode = False
-        if not has_mode:
-            raise pytest.UsageError(
-                f"esper-lifetimes: --lifetimes={mode} is not available in this version of "
-                "esper-lifetimes (no esper_lifetimes.enable(mode=...)); use --lifetimes "
-                "(full tracking)"
-            )
-        self._enable = enable
+        self._enable = el.enable
         self._sample = sample
         self._run: Any = None
-        self.enabled = bool(getattr(el, "is_enabled", lambda: True)())
+        self.enabled = el.is_enabled()
 
     def open(self) -> _Region:
         if self._run is None:
@@ -426,10 +414,9 @@ class _Region:
         return False
 
     def flush(self) -> None:
-        eng = getattr(self.tracker, "engine", None)
-        flush = getattr(eng, "flush", None)
-        if flush is not None:
-            flush()
+        eng = self.tracker.engine
+        if eng is not None:
+            eng.flush()
 
     def sweep(self, final: bool = False) -> bool:
         """A lingering region: takes the verdict on the frees seen since the last sweep.

@@ -1966,10 +1966,9 @@ def reset_checked() -> None:
 
 
 def _engine_flush(tr: Tracker) -> None:
-    flush = getattr(tr._eng, "flush", None)  # engines before pending frees had none
-    if flush is not None:
+    if tr._eng is not None:
         try:
-            flush()
+            tr._eng.flush()
         except Exception as exc:
             tr._note(exc, "flush")
 

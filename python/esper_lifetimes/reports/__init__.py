@@ -37,7 +37,7 @@ from esper_lifetimes.reports.json_report import (
     report_dict,
     write_json,
 )
-from esper_lifetimes.reports.text import format_report, write_text
+from esper_lifetimes.reports.text import FixFor, format_report, write_text
 from esper_lifetimes.reports.timeline import OPS as OPS
 from esper_lifetimes.reports.timeline import Timeline, TimelineEngine, TimelineEvent
 
@@ -79,6 +79,7 @@ def write_all(
     sources: Mapping[str, str] | None = None,
     read_sources: bool = True,
     title: str | None = None,
+    fix_for: FixFor | None = None,
 ) -> dict[str, str]:
     """Write ``report.txt``, ``report.json`` and, with a timeline, ``trace.json`` (Chrome
     trace) and ``report.html`` into ``report_dir`` (created); returns {format: path}.
@@ -96,7 +97,9 @@ def write_all(
         "json": os.path.join(report_dir, "report.json"),
     }
     with open(paths["text"], "w", encoding="utf-8", newline="\n") as f:
-        write_text(hs, f, timeline=analysis, sources=sources, read_sources=read_sources)
+        write_text(
+            hs, f, timeline=analysis, sources=sources, read_sources=read_sources, fix_for=fix_for
+        )
     write_json(
         paths["json"],
         None if analysis is not None else hs,
