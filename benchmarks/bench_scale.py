@@ -46,21 +46,12 @@ def rss() -> int:
         return 0
 
 
-def timed(fn: Callable[[], float]) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        return fn()
-    finally:
-        gc.enable()
-
-
 def per_event(trace: bench_engine.SyntheticTrace) -> float:
     """ns per event: a fresh engine with the live set allocated, then one call per row."""
     e = Engine()
     e.replay(trace.prefill)
     rows = trace.work.tolist()
-    return timed(lambda: bench_engine.drive_calls(rows, e)) / len(rows) * 1e9
+    return bench_engine.timed(lambda: bench_engine.drive_calls(rows, e)) / len(rows) * 1e9
 
 
 def medians(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, float]:
@@ -128,7 +119,7 @@ def shadow(reps: int, rows: tuple[int, int]) -> None:
                 e.access(0x1000, n_rows * row, 3)
             return time.perf_counter() - t0
 
-        return timed(run) / reads * 1e6
+        return bench_engine.timed(run) / reads * 1e6
 
     m = medians({str(n): (lambda n=n: per_read(n)) for n in rows}, reps)
     lo, hi = m[str(rows[0])], m[str(rows[1])]

@@ -56,3 +56,25 @@ def test_bench_hooks_prints_untracked_and_always_on_costs():
     assert [r[0] for r in rows] == [*names, "stream_synchronize", "item"], proc.stdout
     assert all(len(r) == 5 and r[1].endswith("us") and r[4] in ("PASS", "MISS") for r in rows)
     assert lines[-1].startswith("worst extra per hooked call: "), proc.stdout
+
+
+def test_bench_scale_quick_prints_every_section():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_scale.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for heading in (
+        "1. cost per event against live storages",
+        "2. cost per event against streams",
+        "3. memory per live storage",
+        "4. whole-buffer reads after racy row writes",
+    ):
+        assert heading in out, out
+    lines = out.splitlines()
+    assert sum("x the 1,000 case" in line for line in lines) == 2, out
+    assert any("bytes/storage" in line for line in lines), out
+    assert any(line.rstrip().endswith("x the 100-row case") for line in lines), out
