@@ -446,8 +446,8 @@ impl Engine {
                 nbytes: st.nbytes,
                 alloc_site: st.alloc_site,
                 free_site: site,
-                recorded: st.recorded.clone(),
-                uses: st.uses.clone(),
+                recorded: st.recorded,
+                uses: st.uses,
             });
         }
         if !uncovered.is_empty() {
