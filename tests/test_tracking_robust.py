@@ -16,15 +16,18 @@ def test_a_free_seen_late_is_applied_before_the_new_allocation_at_its_address(mo
     # still live in the engine when the allocator hands its address out again.
     lost = []
     orig = tracking.Tracker._on_free
+    arr = np.zeros(64, dtype=np.float32)
+    addr = arr.ctypes.data
 
     def on_free(self, ref):
-        if not lost:
-            lost.append(ref)  # drop the first free on the floor
+        # drop the first free of arr's bytes on the floor (only that one: another
+        # storage freed in the region, say an earlier test's garbage, goes through)
+        if not lost and ref.ptr == addr:
+            lost.append(ref)
             return
         orig(self, ref)
 
     monkeypatch.setattr(tracking.Tracker, "_on_free", on_free)
-    arr = np.zeros(64, dtype=np.float32)
     with esper_lifetimes.track("raise") as t:
         x = torch.from_numpy(arr)  # a storage over arr's bytes
         x.add_(1)
