@@ -322,15 +322,15 @@ class PatchesOnly:
     active, so each patched call takes its early exit: the patches' idle cost."""
 
     def __enter__(self) -> None:
-        from esper_lifetimes import modes, patches
+        from esper_lifetimes import always_on_tracker, patches
 
         patches.install()
-        modes._install_item_hook()
+        always_on_tracker.install_item_hook()
 
     def __exit__(self, *exc: Any) -> None:
-        from esper_lifetimes import modes, patches
+        from esper_lifetimes import always_on_tracker, patches
 
-        modes._remove_item_hook()
+        always_on_tracker.remove_item_hook()
         patches.uninstall()
 
 
@@ -338,21 +338,21 @@ class ItemOnly:
     """The ablation "``.item()`` wrapper only", no tracker: the wrapper's own cost."""
 
     def __enter__(self) -> None:
-        from esper_lifetimes import modes
+        from esper_lifetimes import always_on_tracker
 
-        modes._install_item_hook()
+        always_on_tracker.install_item_hook()
 
     def __exit__(self, *exc: Any) -> None:
-        from esper_lifetimes import modes
+        from esper_lifetimes import always_on_tracker
 
-        modes._remove_item_hook()
+        always_on_tracker.remove_item_hook()
 
 
 def ablation_support() -> str | None:
     try:
-        from esper_lifetimes import modes, patches
+        from esper_lifetimes import always_on_tracker, patches
 
-        for fn in (modes._install_item_hook, modes._remove_item_hook, patches.install):
+        for fn in (always_on_tracker.install_item_hook, always_on_tracker.remove_item_hook, patches.install):
             assert callable(fn)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"

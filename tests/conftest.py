@@ -228,14 +228,14 @@ def V() -> VirtualBackend:  # noqa: N802
 def _tracking_enabled() -> Any:
     """Every test starts with tracking enabled and no shared @checked state."""
     try:
-        from esper_lifetimes import tracking
+        from esper_lifetimes import modes, tracking
     except ImportError:  # pragma: no cover - the engine is not built
         yield
         return
-    tracking.enable()
+    modes.enable()
     tracking.reset_checked()
     yield
-    tracking.enable()
+    modes.enable()
     tracking.reset_checked()
 
 

@@ -159,11 +159,11 @@ def test_disabled_decorator_calls_the_function_directly():
         calls.append(torch._C._len_torch_dispatch_stack())
         return v + 1
 
-    tracking.disable()
+    esper_lifetimes.disable()
     assert not tracking.is_enabled()
     assert f(1) == 2
     assert calls == [0]
-    tracking.enable()
+    esper_lifetimes.enable()
     assert f(1) == 2
     assert calls == [0, 1]
 
@@ -233,7 +233,7 @@ def test_overhead_when_disabled_is_one_attribute_check():
         return v
 
     wrapped = esper_lifetimes.checked(plain)
-    tracking.disable()
+    esper_lifetimes.disable()
     n = 100_000
     best = min
     t_plain = best(timeit.repeat(lambda: plain(1), number=n, repeat=5))

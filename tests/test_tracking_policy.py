@@ -236,7 +236,7 @@ def test_a_clean_region_reports_nothing_and_has_no_diagnostics():
 
 
 def test_disabled_track_records_nothing():
-    tracking.disable()
+    esper_lifetimes.disable()
     s = virtual.Stream(name="s")
     with esper_lifetimes.track("raise") as t:
         assert torch._C._len_torch_dispatch_stack() == 0

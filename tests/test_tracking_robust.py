@@ -24,6 +24,9 @@ def test_a_free_seen_late_is_applied_before_the_new_allocation_at_its_address(mo
         # storage freed in the region, say an earlier test's garbage, goes through)
         if not lost and ref.ptr == addr:
             lost.append(ref)
+            # the engine's free does not happen; the record stays, under a key no live
+            # storage object has (a new one may take the dead one's id)
+            self._recs[-ref.key] = self._recs.pop(ref.key)
             return
         orig(self, ref)
 
@@ -160,7 +163,7 @@ def test_sites_keep_no_code_object_alive():
         gc.collect()
         assert all(r() is None for r in refs)  # nothing pins them
         assert len(sites._keep) - before < 100  # the entries of the dead ones are gone
-        assert len(t._sites._ids) < 100
+        assert len(t._sites.ids) < 100
         assert len(t._sites._by_code) < 100
         # new functions, at recycled ids, get their own lines, never a dead one's
         side = virtual.Stream(name="side")

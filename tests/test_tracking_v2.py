@@ -226,7 +226,7 @@ def _measured_metadata_only(op, arg):
     the same shape and different values, under the same seed, it builds the same result
     (for ops that allocate without writing, whose result holds no defined value, (1)
     alone)."""
-    from esper_lifetimes import tracking
+    from esper_lifetimes.tracking import plans
 
     shape = () if arg == "high" else (2, 3)
     dtype = torch.int64 if arg == "high" else torch.float32
@@ -236,7 +236,7 @@ def _measured_metadata_only(op, arg):
         return False
     if not isinstance(out, torch.Tensor) or out.device.type != "cpu":
         return False
-    if _functional(op)._schema.name in tracking._NO_WRITE_OPS:
+    if _functional(op)._schema.name in plans.NO_WRITE_OPS:
         return True
     a = _run(op, arg, torch.full(shape, 5, dtype=dtype))
     b = _run(op, arg, torch.full(shape, 7, dtype=dtype))
@@ -244,9 +244,9 @@ def _measured_metadata_only(op, arg):
 
 
 def _plan_reads(op):
-    from esper_lifetimes import tracking
+    from esper_lifetimes.tracking import plans
 
-    plan = tracking._build_plan(op)
+    plan = plans.build_plan(op)
     return {name for _, name, _ in plan.pos} | {name for name, _ in plan.kw}
 
 

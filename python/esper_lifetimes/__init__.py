@@ -39,12 +39,12 @@ _EXPORTS = {
     "flush_checked": "esper_lifetimes.tracking",
     "track": "esper_lifetimes.tracking",
     # switching on and off, the always-on mode
-    "ConfigError": "esper_lifetimes.modes",
+    "ConfigError": "esper_lifetimes.tracking",
     "ConfigWarning": "esper_lifetimes.config",
     "enable": "esper_lifetimes.modes",
     "disable": "esper_lifetimes.modes",
     "always_on": "esper_lifetimes.modes",
-    "AlwaysOnTracker": "esper_lifetimes.modes",
+    "AlwaysOnTracker": "esper_lifetimes.always_on_tracker",
     # CUDA code on a CPU-only machine
     "emulate_cuda": "esper_lifetimes.emulate",
     "EmulationError": "esper_lifetimes.emulate",
@@ -56,6 +56,7 @@ _SUBMODULES = (
     "reports",
     "tracking",
     "modes",
+    "always_on_tracker",
     "patches",
     "config",
     "emulate",
@@ -91,7 +92,7 @@ def _apply_env() -> None:
         return
     mode, opts = settings
     if mode == "off" or (mode == "on" and not opts):
-        return  # tracking._Config reads the same parse: nothing to start
+        return  # tracking's switch reads the same parse: nothing to start
     value = os.environ.get(config.VAR, "")
     try:
         importlib.import_module("esper_lifetimes.modes").enable(mode, **opts)

@@ -103,7 +103,7 @@ def run(mode: Any, func: Any, args: tuple, kwargs: dict) -> Any:
     return NONE if out is NotImplemented else out
 
 
-def _make_enter(orig: Any) -> Any:
+def make_enter(orig: Any) -> Any:
     def __enter__(self: Any) -> Any:
         result = orig(self)
         note_outer()
@@ -113,7 +113,7 @@ def _make_enter(orig: Any) -> Any:
     return __enter__
 
 
-def _make_exit(orig: Any) -> Any:
+def make_exit(orig: Any) -> Any:
     def __exit__(self: Any, *exc_info: Any) -> Any:
         result = orig(self, *exc_info)
         note_outer()

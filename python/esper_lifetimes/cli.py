@@ -482,7 +482,7 @@ def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         modes.disable()  # stops the run's tracker: what the script leaves alive stays
         if was_enabled:
-            tracking.enable()
+            modes.enable()
 
     summary = tracker.summary()
     if args.mode == "full":

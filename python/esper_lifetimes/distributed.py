@@ -41,12 +41,14 @@ import itertools
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from esper_lifetimes import patches, tracking
+from esper_lifetimes import patches
+from esper_lifetimes.tracking import memory, plans
 
 __all__ = [
     "patch_table",
@@ -128,11 +130,15 @@ class _State:
         self.seen: dict[str, int] = {}  # collective -> calls modelled
 
 
+# tracker -> what this module keeps for it (gone with the tracker)
+_states: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+
+
 def _state(tr: Any) -> _State:
-    st = tr.__dict__.get("_dist_state")
+    st = _states.get(tr)
     if st is None:
         st = _State()
-        tr.__dict__["_dist_state"] = st
+        _states[tr] = st
     return st
 
 
@@ -140,19 +146,19 @@ def unseen(tr: Any) -> dict[str, int]:
     """Collectives tracker ``tr`` saw only as opaque ``c10d`` ops (issued from C++):
     ``{"c10d::allreduce_ at file:line": count}`` (also in ``Tracker.unseen`` and the
     tracker's report)."""
-    st = tr.__dict__.get("_dist_state")
+    st = _states.get(tr)
     return dict(st.unseen) if st is not None else {}
 
 
 def seen(tr: Any) -> dict[str, int]:
     """Collectives tracker ``tr`` modelled, by name: ``{"all_reduce": 3, ...}``."""
-    st = tr.__dict__.get("_dist_state")
+    st = _states.get(tr)
     return dict(st.seen) if st is not None else {}
 
 
 def pending(tr: Any) -> int:
     """Async collectives tracked by ``tr`` that were never waited on (so far)."""
-    st = tr.__dict__.get("_dist_state")
+    st = _states.get(tr)
     return st.pending if st is not None else 0
 
 
@@ -218,18 +224,18 @@ def _stream(tr: Any, chain: str, coll: str, virtual: bool) -> int:
     st = _state(tr)
     if h not in st.named:
         st.named.add(h)
-        tr._eng.define_stream(h, name, virt)
+        tr.engine.define_stream(h, name, virt)
     return h
 
 
 def _current(tr: Any, cuda: bool, dev: int) -> int:
     if cuda:
-        h = tracking._cuda_current(dev)
-        tr._name_cuda(h)
+        h = memory.cuda_current(dev)
+        tr.name_cuda_stream(h)
         return h
-    vs = tracking._vstate.stream
+    vs = memory.vstate.stream
     if vs is None:
-        vs = tracking._VDEFAULT
+        vs = memory.VDEFAULT
     vs._pending = True  # work is enqueued on the virtual stream
     return vs.handle
 
@@ -245,32 +251,7 @@ def _access(tr: Any, t: Any, write: bool, site: Any, h: int) -> None:
         return
     if t.__class__ is not _Tensor and hasattr(t, "elem"):
         t = t.elem  # AsyncCollectiveTensor
-    try:
-        st = t.untyped_storage()
-    except Exception:
-        return
-    if st.device.type != "cuda":
-        tr._touch(t, write, site, h)
-        return
-    key = id(st)
-    ref = tr._recs.get(key)
-    if ref is None:
-        ref = tr._new_ref(t, st, key, False, None, False, None)
-        if ref is None:
-            return
-    if ref.kind == tracking._HOST or not ref.registered:
-        return
-    if h != ref.astream:
-        ref.multi = True
-    n = t.nbytes
-    if n == ref.nbytes:
-        p = ref.ptr
-    else:
-        if not t.is_contiguous():
-            n = tracking._span(t)
-        p = t.data_ptr()
-    if n:
-        tr._access(p, n, h, write, site)
+    tr.touch_on(t, write, site, h)
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
@@ -321,11 +302,9 @@ def _issue(
     for t in fresh or ():
         # allocated by the collective on the current stream (functional collectives)
         try:
-            s = t.untyped_storage()
-            if id(s) not in tr._recs:
-                tr._new_ref(t, s, id(s), True, site, False, None if cuda else cur)
+            tr.register_fresh(t, site, None if cuda else cur)
         except Exception as exc:
-            tr._note(exc, f"{name}: output")
+            tr.note(exc, f"{name}: output")
     if not async_op:
         for t in reads:
             _access(tr, t, False, site, cur)
@@ -335,7 +314,7 @@ def _issue(
     chain = internal_stream_name(_backend(group), _group_label(group), label)
     if p2p:
         chain += ":p2p"
-    eng = tr._eng
+    eng = tr.engine
     h = _stream(tr, chain, name, not cuda)
     eng.stream_wait(h, cur)
     prev = st.last.get(chain)
@@ -375,11 +354,11 @@ def _purge() -> None:
         dead = [
             k
             for k, (_o, cs) in table.items()
-            if all(not tr._watching for c in cs for tr, _e in c.events)
+            if all(not tr.watching for c in cs for tr, _e in c.events)
         ]
         for k in dead:
             del table[k]
-    dead = [k for k, (_o, c) in _outputs.items() if all(not tr._watching for tr, _e in c.events)]
+    dead = [k for k, (_o, c) in _outputs.items() if all(not tr.watching for tr, _e in c.events)]
     for k in dead:
         del _outputs[k]
 
@@ -389,10 +368,10 @@ def _waited(colls: list[_Coll], how: str) -> None:
     it complete), "busy" (the host saw it still running)."""
     for c in colls:
         for tr, ev in c.events:
-            if not tr._watching:
+            if not tr.watching:
                 continue
             try:
-                eng = tr._eng
+                eng = tr.engine
                 if how == "wait":
                     eng.event_wait(ev, _current(tr, c.cuda, c.dev))
                 else:
@@ -402,7 +381,7 @@ def _waited(colls: list[_Coll], how: str) -> None:
                     st = _state(tr)
                     st.pending = max(0, st.pending - 1)
             except Exception as exc:
-                tr._note(exc, f"{c.name}: wait")
+                tr.note(exc, f"{c.name}: wait")
         if how != "busy":
             c.events = []
             c.tensors = []
@@ -410,10 +389,10 @@ def _waited(colls: list[_Coll], how: str) -> None:
 
 def _feeding() -> list[Any] | None:
     """The trackers an event on this thread feeds, or None (none, or inside a call)."""
-    st = patches._tls
+    st = patches.thread_state
     if not st.active or st.depth:
         return None
-    return patches._targets(st.active)
+    return patches.targets(st.active)
 
 
 class _Inside:
@@ -424,7 +403,7 @@ class _Inside:
     __slots__ = ("modes",)
 
     def __enter__(self) -> None:
-        st = patches._tls
+        st = patches.thread_state
         st.depth += 1
         self.modes = [m for m in st.modes if m is not None]
         for m in self.modes:
@@ -433,28 +412,28 @@ class _Inside:
     def __exit__(self, *exc: Any) -> None:
         for m in self.modes:
             m.suspended -= 1
-        patches._tls.depth -= 1
+        patches.thread_state.depth -= 1
 
 
 def _after(trackers: list[Any], model: Callable[[Any], None], what: str) -> None:
-    st = patches._tls
+    st = patches.thread_state
     st.depth += 1
     try:
         for tr in tuple(trackers):
-            if tr._eng is None or not tr._watching:
+            if tr.engine is None or not tr.watching:
                 continue
             try:
                 model(tr)
             except Exception as exc:
-                tr._note(exc, what)
+                tr.note(exc, what)
     finally:
         st.depth -= 1
     for tr in tuple(trackers):
-        tr._safe_point()
+        tr.safe_point()
 
 
 def _site(tr: Any) -> Any:
-    return tr._sites.here(1)
+    return tr.site_here(2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -686,7 +665,7 @@ def _make_work_wait(orig: Callable[..., Any], how: str) -> Callable[..., Any]:
         trackers = _feeding()
         if trackers is None:
             return orig(self, *args, **kwargs)
-        st = patches._tls
+        st = patches.thread_state
         st.depth += 1
         try:
             result = orig(self, *args, **kwargs)
@@ -696,7 +675,7 @@ def _make_work_wait(orig: Callable[..., Any], how: str) -> Callable[..., Any]:
         if colls:
             _waited(colls, how)
             for tr in tuple(trackers):
-                tr._safe_point()
+                tr.safe_point()
         return result
 
     wait.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -740,7 +719,7 @@ def _make_future_wait(orig: Callable[..., Any]) -> Callable[..., Any]:
         trackers = _feeding()
         if trackers is None or not _futures:
             return orig(self, *args, **kwargs)
-        st = patches._tls
+        st = patches.thread_state
         st.depth += 1
         try:
             result = orig(self, *args, **kwargs)
@@ -754,7 +733,7 @@ def _make_future_wait(orig: Callable[..., Any]) -> Callable[..., Any]:
                         del _works[k]
             _waited(colls, "wait")
             for tr in tuple(trackers):
-                tr._safe_point()
+                tr.safe_point()
         return result
 
     wait.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -871,7 +850,7 @@ def _make_wait_tensor(orig: Callable[..., Any]) -> Callable[..., Any]:
             result = orig(tensor)
         _fc_waited(tensor)
         for tr in tuple(trackers):
-            tr._safe_point()
+            tr.safe_point()
         return result
 
     wait_tensor.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -891,12 +870,7 @@ _WRITES = frozenset(
 
 
 def _site_text(tr: Any, site: Any) -> str:
-    if site is None:
-        return ""
-    for text, sid in tr._sites._strings.items():
-        if sid == site:
-            return text
-    return ""
+    return tr.site_text(site) if site is not None else ""
 
 
 def _on_c10d_op(
@@ -918,28 +892,23 @@ def _on_c10d_op(
     for i, pname, _w in plan.pos:
         a = args[i] if i < n else kwargs.get(pname)
         for t in _tensors(a):
-            tr._touch(t, False, site, vh)
+            tr.touch(t, False, site, vh)
             if pname in _WRITES:
-                tr._touch(t, True, site, vh)
+                tr.touch(t, True, site, vh)
 
 
 def _register_c10d_names() -> None:
-    handlers = getattr(tracking, "_HANDLERS", None)
-    if handlers is None:
-        return
-    handlers.setdefault(_C10D_CODE, _on_c10d_op)
     import torch.distributed  # noqa: F401 - registers the c10d ops
 
     try:
         names = torch._C._dispatch_get_all_op_names()
     except Exception:  # pragma: no cover
         names = []
-    for full in names:
-        if full.startswith(("c10d::", "_c10d_functional::")):
-            tracking._SPECIAL.setdefault(full, _C10D_CODE)
-    for k, p in list(tracking._PLANS.items()):
-        if tracking._SPECIAL.get(p.name) == _C10D_CODE:
-            del tracking._PLANS[k]
+    plans.register_special(
+        _C10D_CODE,
+        _on_c10d_op,
+        (n for n in names if n.startswith(("c10d::", "_c10d_functional::"))),
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from esper_lifetimes import patches, tracking, virtual
+from esper_lifetimes import patches, virtual
+from esper_lifetimes.tracking import follow, memory
 
 __all__ = ["emulate_cuda", "EmulationError", "is_emulating", "emulated_device"]
 
@@ -308,7 +309,7 @@ class Stream(virtual.Stream):
     def __enter__(self) -> Stream:
         ctx = StreamContext(self)
         ctx.__enter__()
-        virtual._ctx_stack().append(ctx)  # type: ignore[arg-type]
+        virtual.ctx_stack().append(ctx)  # type: ignore[arg-type]
         return self
 
     def __repr__(self) -> str:
@@ -423,7 +424,7 @@ class StreamContext:
         if s is None:
             return None
         tl = _tl
-        self._saved = (tl.device, virtual._state.stream, dict(tl.streams))
+        self._saved = (tl.device, virtual.state.stream, dict(tl.streams))
         set_stream(s)
         return s
 
@@ -432,7 +433,7 @@ class StreamContext:
         if saved is None:
             return
         tl = _tl
-        tl.device, virtual._state.stream, tl.streams = saved[0], saved[1], saved[2]
+        tl.device, virtual.state.stream, tl.streams = saved[0], saved[1], saved[2]
 
 
 def stream(stream: Any) -> StreamContext:
@@ -575,7 +576,7 @@ def _h_is_pinned(func: Any, args: tuple, kwargs: dict) -> Any:
     if _tag_of(t) is not None:
         return False
     try:
-        return id(t.untyped_storage()) in virtual._host
+        return id(t.untyped_storage()) in virtual.host_storages
     except Exception:
         return False
 
@@ -586,7 +587,7 @@ def _h_pin_memory(func: Any, args: tuple, kwargs: dict) -> Any:
         raise RuntimeError(
             "cannot pin 'torch.cuda.FloatTensor' only dense CPU tensors can be pinned"
         )
-    if id(t.untyped_storage()) in virtual._host:
+    if id(t.untyped_storage()) in virtual.host_storages:
         return t
     return _pending_call(_PINNED, _Tensor.clone, (t,), {"memory_format": torch.contiguous_format})
 
@@ -864,7 +865,7 @@ def _tag_copies(out: Any, dev: int, args: tuple) -> None:
 def _pin_outputs(out: Any) -> None:
     if isinstance(out, _Tensor):
         if out.device.type == "cpu" and _tag_of(out) is None:
-            virtual._mark_host(out)
+            virtual.mark_host(out)
     elif isinstance(out, _SEQ):
         for o in out:
             _pin_outputs(o)
@@ -893,7 +894,7 @@ class _DispatchMode(TorchDispatchMode):
             finally:
                 tl.pending = pending
             if pending >= 0:
-                vs = virtual._state.stream
+                vs = virtual.state.stream
                 (vs if vs is not None else virtual.DEFAULT)._pending = True
                 _tag_outputs(out, pending)
             elif pending == _PINNED:
@@ -946,7 +947,7 @@ class _DispatchMode(TorchDispatchMode):
                 ) from exc
             raise
         if dev is not None:
-            vs = virtual._state.stream
+            vs = virtual.state.stream
             (vs if vs is not None else virtual.DEFAULT)._pending = True  # work on the stream
             if out is not None:
                 if _op_info(func)[2]:
@@ -1384,21 +1385,11 @@ def _uninstall(done: list[_Patch]) -> None:
             # Someone wrapped the patch since (a tracker's patches installed during
             # emulation): the switch is inert now; their restore must bring back the
             # original, not the switch.
-            for saved in (patches._saved, getattr(patches, "_stale", [])):
-                for i, e in enumerate(saved):
-                    if e[0] is p.owner and e[1] == p.name and e[2] is p.installed:
-                        saved[i] = (e[0], e[1], p.before, *e[3:])
-            # a tracked region's own wrapper of torch.compile (tracking._compiled_on)
-            csaved = getattr(tracking, "_compile_saved", None)
-            if csaved and p.owner is torch and p.name == "compile":
-                if csaved.get("compile") is p.installed and p.before is not _MISSING:
-                    csaved["compile"] = p.before
-            # a tracked region's own wrapper of Thread.start (tracking._follow_threads)
-            ts = getattr(tracking, "_thread_saved", None)
-            if p.owner is threading.Thread and p.name == "start" and ts:
-                for i, own in enumerate(ts):
-                    if own is p.installed and p.before is not _MISSING:
-                        ts[i] = p.before
+            before = patches.MISSING if p.before is _MISSING else p.before
+            patches.replace_original(p.owner, p.name, p.installed, before)
+            if p.before is not _MISSING:
+                # a tracked region's own wrappers (torch.compile, Thread.start)
+                follow.replace_original(p.owner, p.name, p.installed, p.before)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1543,7 +1534,7 @@ def _start_emulation(em: _Emulation) -> None:
     if sys.modules.get("torch._dynamo.eval_frame") is not None:
         _eager_stance(em)
     # else: dynamo is slow to import (seconds); the patched torch.compile sets the stance
-    tracking._emulating = True
+    memory.set_emulating(True)
 
 
 def _eager_stance(em: _Emulation) -> None:
@@ -1572,14 +1563,12 @@ def _make_compile(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _stop_emulation(em: _Emulation) -> None:
-    tracking._emulating = False
+    memory.set_emulating(False)
     if "stance" in em.saved:
         import torch._dynamo.eval_frame as ef
 
         ours, prev = em.saved.get("our_stance"), em.saved["stance"]
-        cs = getattr(tracking, "_compile_saved", None)
-        if cs is not None and cs.get("stance") is ours:
-            cs["stance"] = prev  # a region entered inside emulation restores the original
+        follow.replace_stance(ours, prev)  # a region entered inside emulation restores prev
         if ef._stance is ours:
             ef._stance = prev
     _uninstall(em.patches)

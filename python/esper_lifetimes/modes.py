@@ -1,44 +1,32 @@
-"""Switching tracking on for a whole run: ``enable(mode=...)``, ``disable()``, and the
-always-on mode that is cheap enough to leave on in production training.
+"""Switching tracking on and off for a whole run: ``enable(mode=...)``, ``disable()``.
 
-Design (docs/ARCHITECTURE.md, "Always-on"): full tracking intercepts every aten op, which
-a whole training run cannot pay. The always-on tracker keeps only the *rare* calls hooked
-all the time — ``record_stream``, stream and event waits, records, queries and
-synchronizations, blocking host reads — so the ordering model stays complete, and fully
-tracks sampled *windows* of ops. A window opens, with probability ``sample``, at a
-synchronization barrier (a device, stream or event synchronize, or a blocking host read:
-the points every training loop already has, at the end of a pass or a step) and closes
-at the next barrier, or after ``max_window_ops`` ops. Storages allocated inside a window
-stay watched after it closes (a weakref each), so a free anywhere later is checked.
-
-What it never does: add a device synchronization or device work, or raise into the
-training loop. Hazards go to the ``logging`` logger ``esper_lifetimes`` (errors at ERROR,
-advice at INFO), once per distinct hazard, and to an optional JSON Lines report file.
-
-Blind spots (by construction): ops outside windows are not seen; a storage first seen
-inside a window but allocated before it is not registered (its allocation stream is
-unknown, and guessing it would invent false errors), so hazards on such storages are
-missed; only the thread that called :func:`enable` is watched.
+``mode="on"`` lets ``@checked`` and ``track()`` track (the default); ``"full"`` tracks
+every op of the run; ``"always-on"`` samples windows of ops cheaply enough to leave on
+in production training (:mod:`esper_lifetimes.always_on_tracker`); ``"off"`` turns everything
+off. The spellings and options are those of ``ESPER_LIFETIMES``
+(:mod:`esper_lifetimes.config`, the one parser of that grammar).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
-import logging
-import random
 import threading
-import time
 from typing import Any
 
-import torch
-
-from esper_lifetimes import config, merge, patches, tracking
-from esper_lifetimes.tracking import ConfigError, Tracker, _Mode
+from esper_lifetimes import config
+from esper_lifetimes.always_on_tracker import (
+    DEFAULT_MAX_WINDOW_OPS,
+    DEFAULT_SAMPLE,
+    AlwaysOnTracker,
+)
+from esper_lifetimes.tracking import ConfigError
+from esper_lifetimes.tracking.policy import switch
 
 __all__ = [
     "AlwaysOnTracker",
     "ConfigError",
+    "DEFAULT_SAMPLE",
+    "MODES",
     "enable",
     "disable",
     "always_on",
@@ -46,408 +34,7 @@ __all__ = [
     "parse_env",
 ]
 
-log = logging.getLogger("esper_lifetimes")
-
-# Half the barriers of a loop like benchmarks/bench_training_loop.py open a window that sees
-# a whole step; sampled in blocks of 1/sample barriers (AlwaysOnTracker._draw), 0.005
-# finds its planted hazard within 1,000 steps in every seed tried, at about 1% step cost
-# for the windows (docs/ARCHITECTURE.md, "Always-on").
-DEFAULT_SAMPLE = 0.005
-DEFAULT_MAX_WINDOW_OPS = 20_000
 MODES = config.MODES
-
-
-class _WindowMode(_Mode):
-    """The tracker's dispatch mode for one window, with an op budget: past it, ops pass
-    through untracked until the next barrier closes the window."""
-
-    def __init__(self, tracker: AlwaysOnTracker, budget: int) -> None:
-        super().__init__(tracker)
-        self.budget = budget
-        self.left = budget  # _Mode counts down (no override here: no extra frame per op)
-
-    @property
-    def ops(self) -> int:
-        """Ops dispatched to the window so far (tracked, then passed through)."""
-        return self.budget - self.left + self.passed
-
-
-class AlwaysOnTracker(Tracker):
-    """The tracker of a whole run (``mode="always-on"`` samples windows, ``mode="full"``
-    tracks every op). Results as any :class:`Tracker`: :attr:`hazards`, :attr:`errors`,
-    :meth:`report`; plus :attr:`windows_opened`, :attr:`barriers`, :meth:`summary`."""
-
-    # The hooks take this tracker's fast path while it is alone on a thread
-    # (patches._ThreadState.fast).
-    _fast_hooks = True
-
-    def __init__(
-        self,
-        mode: str = "always-on",
-        *,
-        sample: float = DEFAULT_SAMPLE,
-        seed: int | None = None,
-        report: str | None = None,
-        max_window_ops: int = DEFAULT_MAX_WINDOW_OPS,
-        cpu: str | None = None,
-        timeline: Any = None,
-    ) -> None:
-        super().__init__(on_hazard="collect", cpu=cpu, timeline=timeline)
-        if mode not in ("full", "always-on"):
-            raise ConfigError(f"mode must be 'full' or 'always-on', not {mode!r}")
-        try:
-            config.check_enable(
-                mode,
-                {
-                    "sample": sample,
-                    "seed": seed,
-                    "report": report,
-                    "max_window_ops": max_window_ops,
-                },
-                where="AlwaysOnTracker",
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.mode = mode
-        self.sample = 1.0 if mode == "full" else float(sample)
-        self.seed = seed
-        self.max_window_ops = max_window_ops
-        # under torchrun each rank appends to its own file, its records tagged
-        self.report_path = merge.rank_file(report) if report else report
-        info = merge.env_rank()
-        self._rank_tag = {} if info is None else {"rank": info[0], "world_size": info[1]}
-        # Storages first seen inside a window, allocated before it: not registered.
-        self._adopt_unseen = mode == "full"
-        # A track() region or @checked call inside the run owns its own events.
-        self.yield_to_inner = True
-        self._rng = random.Random(seed)
-        # Window boundaries (the start is boundary 0, each barrier the next) are sampled
-        # in blocks of 1/sample: exactly one window opens per block, at a uniformly drawn
-        # boundary of it (see _draw).
-        self._boundary = 0
-        self._block = 0
-        self._next_open = 0
-        self._scheduled_for = -1.0  # the sample the schedule was drawn for
-        self._window: _WindowMode | None = None
-        self._thread = 0
-        self._logged = 0
-        self._report_file: Any = None
-        self._started_at = 0.0
-        self.windows_opened = 0
-        self.barriers = 0
-        self._ops_closed = 0  # ops checked in windows already closed
-
-    # -- life ---------------------------------------------------------------------------
-
-    def start(self) -> AlwaysOnTracker:
-        if self._state != "new":
-            raise RuntimeError("an AlwaysOnTracker is started once")
-        if self.report_path:
-            try:
-                self._report_file = open(self.report_path, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError as exc:
-                raise ConfigError(
-                    f"report={self.report_path!r} cannot be written: {exc.strerror or exc}"
-                ) from None
-        self._start()
-        patches.install()
-        patches.push(self, None)
-        _install_item_hook()
-        self._thread = threading.get_ident()
-        self._state = "active"
-        self._started_at = time.monotonic()
-        # The start is the first window boundary: the ops before the first sync are
-        # sampled like any other stretch between barriers.
-        if self._draw() or self.mode == "full":
-            self._open_window()
-        return self
-
-    def stop(self) -> None:
-        if self._state != "active":
-            return
-        try:
-            self._close_window()
-            patches.pop(self)
-            patches.uninstall()
-            _remove_item_hook()
-        finally:
-            self._state = "closed"
-            self._close()  # engine.flush(): every pending free is judged now ...
-            self._safe_point()  # ... and logged with the rest
-            self._write({"event": "summary", **self.summary()})
-            if self._report_file is not None:
-                self._report_file.close()
-                self._report_file = None
-
-    def summary(self) -> dict[str, Any]:
-        """Counts for logs and benchmarks."""
-        hs = self.hazards
-        eng = self.engine
-        return {
-            "mode": self.mode,
-            "sample": self.sample,
-            "barriers": self.barriers,
-            "windows_opened": self.windows_opened,
-            "ops_checked": self.ops_checked(),
-            "errors": sum(1 for h in hs if h.severity == "error"),
-            "advice": sum(1 for h in hs if h.severity != "error"),
-            "engine": eng.stats() if eng is not None else {},
-            "internal_errors": len(self.diagnostics),
-        }
-
-    # -- windows --------------------------------------------------------------------------
-
-    def _open_window(self) -> None:
-        mode = _WindowMode(self, self.max_window_ops)
-        mode.__enter__()
-        self._window = mode
-        patches.set_mode(self, mode)
-        self.windows_opened += 1
-
-    def _close_window(self) -> None:
-        mode = self._window
-        if mode is None:
-            return
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-        if _get_current_dispatch_mode() is not mode:
-            return  # another mode was entered inside the window: close at a later barrier
-        self._window = None
-        self._ops_closed += min(mode.ops, mode.budget)
-        patches.set_mode(self, None)
-        mode.__exit__(None, None, None)
-
-    def ops_checked(self) -> int:
-        """How many ops the windows tracked so far (the open one included)."""
-        w = self._window
-        return self._ops_closed + (min(w.ops, w.budget) if w is not None else 0)
-
-    def _draw(self) -> bool:
-        """Whether a window opens at this boundary. Boundaries are sampled in blocks of
-        ``1/sample`` (stratified): block k covers boundaries [k/sample, (k+1)/sample) and
-        opens exactly one window, at ``floor((k + U) / sample)`` with U uniform in [0, 1)
-        from the seeded generator. Each boundary opens a window with probability
-        ``sample``, as with a coin per boundary, but the windows are spread evenly: no
-        long gaps (at most 2/sample boundaries between two windows) and no bursts."""
-        i = self._boundary
-        self._boundary = i + 1
-        s = self.sample
-        if s != self._scheduled_for:  # the first draw, or the rate was changed
-            self._scheduled_for = s
-            if s <= 0.0:
-                self._next_open = -1
-                return False
-            self._block = int(i * s)
-            self._next_open = int((self._block + self._rng.random()) / s)
-            if self._next_open < i:  # drawn in the part of the block already passed
-                self._block += 1
-                self._next_open = int((self._block + self._rng.random()) / s)
-        if i != self._next_open:
-            return False
-        while self._next_open <= i:  # several openings at one boundary (sample > 0.5)
-            self._block += 1
-            self._next_open = int((self._block + self._rng.random()) / s)
-        return True
-
-    def _barrier(self) -> None:
-        """A synchronization point on the watched thread: the window boundary."""
-        if self._state != "active":
-            return
-        st = patches._tls
-        if st.fast is not self:  # not alone on this thread (the slot is per thread)
-            if threading.get_ident() != self._thread:
-                return
-            active = st.active
-            if not active or active[-1] is not self:
-                return  # a track() region or @checked call owns the thread: no window games
-        self.barriers += 1
-        i = self._boundary
-        if self.mode == "full":
-            pass
-        elif self._window is None and i != self._next_open and self.sample == self._scheduled_for:
-            self._boundary = i + 1  # the common case: no window open, none opening here
-        else:
-            # Window switching and logging run Python (and a log handler, anything): the
-            # patched calls they make are not events of the program.
-            st.depth += 1
-            try:
-                if self._window is not None:
-                    self._close_window()
-                if self._draw() and self._window is None:
-                    self._open_window()
-            except Exception as exc:  # never into the training loop
-                self._note(exc, "window")
-            finally:
-                st.depth -= 1
-        # The hooks skip safe points while this tracker is alone on the thread: new
-        # hazards are logged here.
-        try:
-            new = self._eng.hazard_count() != self._logged
-        except Exception:
-            new = True
-        if new:
-            st.depth += 1
-            try:
-                self._safe_point()
-            finally:
-                st.depth -= 1
-
-    # The ordering calls the hooks feed, without the generic layers (a CUDA stream is
-    # named once; the engine call is guarded): the hot path of the always-on mode.
-    def on_stream_wait(self, waiter: int, waited: int) -> None:
-        if (waiter | waited) & _CUDA_TAG:
-            self._name_if_cuda(waiter, waited)
-        try:
-            self._eng.stream_wait(waiter, waited)
-        except Exception as exc:
-            self._note(exc, "wait_stream")
-
-    def on_event_record(self, event: int, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
-        try:
-            self._eng.event_record(event, stream)
-        except Exception as exc:
-            self._note(exc, "event_record")
-
-    def on_event_wait(self, event: int, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
-        try:
-            self._eng.event_wait(event, stream)
-        except Exception as exc:
-            self._note(exc, "event_wait")
-
-    # Barriers: the synchronizations and blocking host reads the patches feed.
-    def on_device_sync(self) -> None:
-        try:
-            self._eng.device_synchronize()
-        except Exception as exc:
-            self._note(exc, "device_synchronize")
-        self._barrier()
-
-    def on_stream_sync(self, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
-        try:
-            self._eng.stream_synchronize(stream)
-        except Exception as exc:
-            self._note(exc, "stream_synchronize")
-        self._barrier()
-
-    def on_event_sync(self, event: int) -> None:
-        try:
-            self._eng.event_synchronize(event)
-        except Exception as exc:
-            self._note(exc, "event_synchronize")
-        self._barrier()
-
-    def on_host_read(self, t: Any, device_sync: bool = True) -> None:
-        super().on_host_read(t, device_sync)
-        self._blocking_read(t)
-
-    def _blocking_read(self, t: Any) -> None:
-        """A blocking host read of ``t`` (``.item()``, ``tolist``, printing, ...). A read of
-        device memory synchronizes the *current* stream (SEMANTICS.md, fact 6), whether or
-        not ``t`` is tracked: outside windows most tensors are not, and a missed sync would
-        leave a later free looking uncovered. It is also a window barrier."""
-        try:
-            if t.is_cpu:
-                if not self._cpu_device:
-                    return  # host memory: no stream synchronized, no barrier
-                st = t.untyped_storage()
-                if id(st) in _host_marks or (tracking._emulating and tracking._emu_host(st)):
-                    return
-                vs = _vstate.stream
-                h = (vs if vs is not None else _VDEFAULT).handle  # tracking._vcurrent()
-            elif t.is_cuda:
-                h = tracking._cuda_current(t.get_device())
-            else:
-                return
-            self._eng.stream_synchronize(h)
-        except Exception as exc:
-            self._note(exc, "blocking read")
-            return
-        self._barrier()
-
-    # -- reporting ------------------------------------------------------------------------
-
-    def _safe_point(self, exc: BaseException | None = None, final: bool = False) -> None:
-        """Logs each new distinct hazard once; never raises."""
-        eng = self._eng
-        if eng is None:
-            return
-        try:
-            if eng.hazard_count() == self._logged:
-                return
-            new = eng.hazards(self._logged)
-            self._logged += len(new)
-            self._seen = self._logged
-            self._errors_seen = eng.error_count()
-            for h in new:
-                level = logging.ERROR if h.severity == "error" else logging.INFO
-                log.log(level, "%s", h.message)
-                self._write({"event": "hazard", **h.to_dict()})
-        except Exception as exc:
-            self._note(exc, "report")
-
-    def _write(self, record: dict[str, Any]) -> None:
-        f = self._report_file
-        if f is None:
-            return
-        try:
-            record["time"] = round(time.monotonic() - self._started_at, 6)
-            record.update(self._rank_tag)
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-        except Exception as exc:
-            self._note(exc, "report file")
-
-
-# ---------------------------------------------------------------------------------------
-# ``Tensor.item()`` dispatches ``_local_scalar_dense`` only to a dispatch mode, so outside
-# windows it is invisible; it is the one sync many loops have (``loss.item()``). While an
-# always-on tracker runs, a thin wrapper reports it (one thread-id and attribute check per
-# call when it is not the watched thread).
-
-_torch_item = torch.Tensor.item
-_CUDA_TAG = patches._CUDA_STREAM_TAG
-_host_marks = tracking._host_marks
-_vstate = tracking._vstate
-_VDEFAULT = tracking._VDEFAULT
-
-
-def _item(self: torch.Tensor) -> Any:
-    result = _torch_item(self)
-    st = patches._tls
-    if st.depth:
-        return result
-    # the run's tracker alone on this thread (a per-thread slot: no thread-id check)
-    run = st.fast
-    if run is None:
-        run = _run
-        if run is None or run._thread != threading.get_ident():
-            return result
-    if tracking._emulating:
-        with torch._C.DisableTorchFunction():  # the real device of an emulated tensor
-            run._blocking_read(self)
-    else:
-        run._blocking_read(self)
-    return result
-
-
-_item.__doc__ = _torch_item.__doc__
-_item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
-
-
-def _install_item_hook() -> None:
-    torch.Tensor.item = _item  # type: ignore[method-assign]
-
-
-def _remove_item_hook() -> None:
-    if torch.Tensor.item is _item:
-        torch.Tensor.item = _torch_item  # type: ignore[method-assign]
-
 
 # ---------------------------------------------------------------------------------------
 # The switch
@@ -524,7 +111,7 @@ def enable(
         return None
     if emulate is not None:
         _start_emulation()
-    tracking._config.enabled = True
+    switch.enabled = True
     if m is None or m == "on":
         return None
     tr = AlwaysOnTracker(
@@ -554,7 +141,7 @@ def disable() -> None:
         if run is not None:
             run.stop()
     finally:
-        tracking._config.enabled = False
+        switch.enabled = False
         _stop_emulation()
 
 

@@ -55,12 +55,12 @@ class _ThreadState(threading.local):
         self.fast: Any = None
 
 
-_tls = _ThreadState()
+thread_state = _ThreadState()
 
 
 def active() -> list[Any]:
     """The trackers active on the calling thread (do not mutate)."""
-    return _tls.active
+    return thread_state.active
 
 
 def push(tracker: Any, mode: Any) -> None:
@@ -69,11 +69,11 @@ def push(tracker: Any, mode: Any) -> None:
     pytest plugin's per-test region, the always-on tracker) while another sits above it:
     a test's own ``track()`` region then owns its events, and its deliberate hazards do
     not also fail the test."""
-    for t, m in zip(_tls.active, _tls.modes, strict=True):
+    for t, m in zip(thread_state.active, thread_state.modes, strict=True):
         if m is not None and t.yield_to_inner:
             m.suspended += 1
-    _tls.active.append(tracker)
-    _tls.modes.append(mode)
+    thread_state.active.append(tracker)
+    thread_state.modes.append(mode)
     from esper_lifetimes import autocast  # loaded by the patch table already
 
     autocast.note_outer()  # a region that starts inside autocast
@@ -81,18 +81,18 @@ def push(tracker: Any, mode: Any) -> None:
 
 
 def _set_fast() -> None:
-    act = _tls.active
-    _tls.fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
+    act = thread_state.active
+    thread_state.fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
 
 
 def pop(tracker: Any) -> Any:
     """Removes ``tracker`` (the innermost occurrence) and returns its mode."""
-    act = _tls.active
+    act = thread_state.active
     for i in range(len(act) - 1, -1, -1):
         if act[i] is tracker:
             del act[i]
-            mode = _tls.modes.pop(i)
-            for t, m in zip(act[:i], _tls.modes[:i], strict=True):
+            mode = thread_state.modes.pop(i)
+            for t, m in zip(act[:i], thread_state.modes[:i], strict=True):
                 if m is not None and t.yield_to_inner:
                     m.suspended -= 1
             _set_fast()
@@ -103,16 +103,16 @@ def pop(tracker: Any) -> Any:
 def set_mode(tracker: Any, mode: Any) -> None:
     """Replaces the dispatch mode recorded for ``tracker`` on this thread (the always-on
     tracker opens and closes windows), suspended if it yields to trackers above it."""
-    act = _tls.active
+    act = thread_state.active
     for i in range(len(act) - 1, -1, -1):
         if act[i] is tracker:
             if mode is not None and tracker.yield_to_inner:
                 mode.suspended = len(act) - 1 - i
-            _tls.modes[i] = mode
+            thread_state.modes[i] = mode
             return
 
 
-def _targets(active: list[Any]) -> list[Any]:
+def targets(active: list[Any]) -> list[Any]:
     """The trackers an event on this thread feeds (see :func:`push`)."""
     if len(active) < 2:
         return active
@@ -142,7 +142,7 @@ def live_trackers() -> list[Any]:
 # ---------------------------------------------------------------------------------------
 # Handles for CUDA streams and events
 
-_CUDA_STREAM_TAG = 1 << 62
+CUDA_STREAM_TAG = 1 << 62
 _MASK48 = (1 << 48) - 1
 _event_ids = iter(range(1 << 40, 1 << 41))
 _event_lock = threading.Lock()
@@ -150,7 +150,7 @@ _event_lock = threading.Lock()
 
 def cuda_stream_handle(stream_id: int, device_index: int) -> int:
     """The engine handle of a CUDA stream: stable for (device, stream_id)."""
-    return _CUDA_STREAM_TAG | ((device_index & 0xFF) << 48) | (stream_id & _MASK48)
+    return CUDA_STREAM_TAG | ((device_index & 0xFF) << 48) | (stream_id & _MASK48)
 
 
 def _stream_handle(stream: Any) -> int:
@@ -192,7 +192,7 @@ def _safe_points(trackers: list[Any]) -> None:
     if _pending_base is not None:
         raise_pending()
     for tr in tuple(trackers):
-        tr._safe_point()
+        tr.safe_point()
 
 
 def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., Any]:
@@ -203,7 +203,7 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
     """
 
     def patched(*args: Any, **kwargs: Any) -> Any:
-        st = _tls
+        st = thread_state
         if not st.active or st.depth:
             if _stale and not _install_count:
                 heal()  # left behind under another patch, come back since: the original
@@ -214,7 +214,7 @@ def _wrap(orig: Callable[..., Any], feed: Callable[..., None]) -> Callable[..., 
         finally:
             st.depth -= 1
         fast = st.fast  # the always-on tracker alone: its safe points are its barriers
-        trackers = _targets(st.active) if fast is None else (fast,)
+        trackers = targets(st.active) if fast is None else (fast,)
         st.depth += 1
         try:
             feed(trackers, result, *args, **kwargs)
@@ -238,7 +238,7 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
     vstream = virtual.Stream
 
     def record_stream(self: torch.Tensor, stream: Any) -> None:
-        st = _tls
+        st = thread_state
         fast = st.fast
         if fast is not None and not st.depth and not fast._adopt_unseen:
             # The always-on tracker alone on this thread: a storage it does not track
@@ -253,7 +253,7 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
             if st.active and not st.depth:
                 st.depth += 1
                 try:
-                    _feed(_targets(st.active), "on_record_stream", self, stream.handle)
+                    _feed(targets(st.active), "on_record_stream", self, stream.handle)
                 finally:
                     st.depth -= 1
                 _safe_points(st.active)
@@ -263,7 +263,7 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
         st.depth += 1
         try:
             orig(self, stream)
-            _feed(_targets(st.active), "on_record_stream", self, _stream_handle(stream))
+            _feed(targets(st.active), "on_record_stream", self, _stream_handle(stream))
         finally:
             st.depth -= 1
         _safe_points(st.active)
@@ -359,8 +359,8 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     from esper_lifetimes import autocast
 
     ac = torch.amp.autocast_mode.autocast
-    table.append((ac, "__enter__", autocast._make_enter))
-    table.append((ac, "__exit__", autocast._make_exit))
+    table.append((ac, "__enter__", autocast.make_enter))
+    table.append((ac, "__exit__", autocast.make_exit))
     # torch.distributed's collectives, works and futures (esper_lifetimes.distributed)
     from esper_lifetimes import distributed
 
@@ -368,7 +368,8 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     return table
 
 
-_MISSING = object()
+MISSING: Any = object()  # "not in the owner's __dict__" (an inherited attribute)
+_MISSING = MISSING
 _install_lock = threading.RLock()  # reentrant: a wrapper may heal while installing
 _install_count = 0
 # (owner, name, value in owner.__dict__ before or _MISSING, the wrapper installed)
@@ -463,6 +464,23 @@ def uninstall() -> None:
             _restore(_saved)
             _saved.clear()
             _heal_locked()
+
+
+def replace_original(owner: Any, name: str, installed: Any, before: Any) -> None:
+    """Another patcher (CUDA emulation) undoes its patch ``installed`` of ``owner.name``
+    while ours covers it: what ours restores later is ``before`` (:data:`MISSING`: no
+    attribute of the owner's own), not ``installed``."""
+    with _install_lock:
+        for saved in (_saved, _stale):
+            for i, (o, n, own, ours) in enumerate(saved):
+                if o is owner and n == name and own is installed:
+                    saved[i] = (o, n, before, ours)
+
+
+def signal_pending() -> bool:
+    """Whether a signal's exception, caught in a callback of ours, waits to be raised
+    (:func:`raise_pending`)."""
+    return _pending_base is not None
 
 
 def originals() -> dict[str, Any]:

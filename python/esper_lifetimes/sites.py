@@ -81,7 +81,7 @@ _GENERATED = ("<frozen", "<eval_with_key>", "<torch_package_", "<torchgen")
 # the entries of the live functions only.
 _internal: set[int] = set()
 _internal_gen: set[int] = set()  # internal generators/coroutines: resumed from anywhere
-_user: set[int] = set()
+user_codes: set[int] = set()
 _skip_lock = threading.RLock()  # reentrant: weakref callbacks may classify code
 
 
@@ -103,7 +103,7 @@ def _code_died(ref: _CodeRef) -> None:
                 del _keep[cid]
             _internal.discard(cid)
             _internal_gen.discard(cid)
-            _user.discard(cid)
+            user_codes.discard(cid)
             tables = list(_tables)
         for t in tables:
             t._forget(cid)
@@ -139,7 +139,7 @@ def ignore_file(filename: str) -> None:
         _extra.add(real)
         _internal.clear()
         _internal_gen.clear()
-        _user.clear()
+        user_codes.clear()
 
 
 def is_internal_file(filename: str) -> bool:
@@ -169,7 +169,7 @@ def _classify(code: CodeType) -> bool:
     with _skip_lock:
         _remember(code)
         if not internal:
-            _user.add(id(code))
+            user_codes.add(id(code))
         elif code.co_flags & _GEN_FLAGS:
             _internal_gen.add(id(code))
         else:
@@ -190,7 +190,7 @@ def user_frame(depth: int = 1) -> FrameType | None:
         if cid in _internal or cid in _internal_gen:
             f = f.f_back
             continue
-        if cid in _user or not _classify(code):
+        if cid in user_codes or not _classify(code):
             return f
         f = f.f_back
     return None
@@ -259,20 +259,20 @@ class SiteTable:
     no walk at all.
     """
 
-    __slots__ = ("_engine", "_ids", "_strings", "_by_code", "__weakref__")
+    __slots__ = ("_engine", "ids", "_strings", "_by_code", "__weakref__")
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
-        self._ids: dict[int, int] = {}  # (id(code) << 24) + f_lasti -> site
+        self.ids: dict[int, int] = {}  # (id(code) << 24) + f_lasti -> site
         self._strings: dict[str, int] = {}
-        self._by_code: dict[int, list[int]] = {}  # id(code) -> its keys in _ids
+        self._by_code: dict[int, list[int]] = {}  # id(code) -> its keys in ids
         with _skip_lock:
             _tables.add(self)
 
     def _forget(self, cid: int) -> None:
         """The code object ``cid`` died: its keys must not match a new one's."""
         for key in self._by_code.pop(cid, ()):
-            self._ids.pop(key, None)
+            self.ids.pop(key, None)
 
     def here(self, depth: int = 1) -> int | None:
         try:
@@ -302,9 +302,9 @@ class SiteTable:
             if cid in _internal_gen:
                 f = f.f_back
                 continue
-            if cid in _user:
+            if cid in user_codes:
                 key = (cid << 24) + f.f_lasti
-                site = self._ids.get(key)
+                site = self.ids.get(key)
                 if site is None:
                     site = self._intern_frame(key, f)
                 break
@@ -318,7 +318,7 @@ class SiteTable:
     def here_frame(self, f: FrameType) -> int:
         """The site of user frame ``f`` (interned on first sight)."""
         key = (id(f.f_code) << 24) + f.f_lasti
-        sid = self._ids.get(key)
+        sid = self.ids.get(key)
         if sid is None:
             sid = self._intern_frame(key, f)
         return sid
@@ -328,9 +328,18 @@ class SiteTable:
         cid = id(f.f_code)
         if cid not in _keep:
             _classify(f.f_code)  # ids only for code whose death is seen
-        self._ids[key] = sid
+        self.ids[key] = sid
         self._by_code.setdefault(cid, []).append(key)
         return sid
+
+    def text_of(self, site: int | None) -> str:
+        """The text of interned site ``site`` ("" when it is not one of this table's)."""
+        if site is None:
+            return ""
+        for text, sid in self._strings.items():
+            if sid == site:
+                return text
+        return ""
 
     def intern(self, site: str) -> int:
         """The engine's int for a site string (cached)."""

@@ -64,7 +64,7 @@ DEFAULT_HANDLE = 1 << 61
 _handles = itertools.count(DEFAULT_HANDLE + 1)
 _event_handles = itertools.count((1 << 61) | (1 << 48))
 _lock = threading.Lock()
-_streams: weakref.WeakValueDictionary[int, Stream] = weakref.WeakValueDictionary()
+streams: weakref.WeakValueDictionary[int, Stream] = weakref.WeakValueDictionary()
 
 # Bumped by every device synchronize: an event recorded before it is complete.
 _epoch = 0
@@ -74,14 +74,14 @@ _POLLED = 2  # Stream._pending: False (idle), True (new work), _POLLED (seen by 
 
 def _trackers() -> list[Any]:
     """Trackers to feed: those active on this thread, unless inside a patched call."""
-    st = patches._tls
+    st = patches.thread_state
     if st.depth:
         return []
     return st.active
 
 
 def _feed(method: str, *args: Any) -> None:
-    st = patches._tls
+    st = patches.thread_state
     fast = st.fast
     if fast is not None:
         # The always-on tracker alone on this thread: one call, no fan-out, no depth
@@ -96,12 +96,12 @@ def _feed(method: str, *args: Any) -> None:
     trackers = st.active
     st.depth += 1
     try:
-        for tr in patches._targets(trackers):
+        for tr in patches.targets(trackers):
             getattr(tr, method)(*args)
     finally:
         st.depth -= 1
     for tr in tuple(trackers):
-        tr._safe_point()
+        tr.safe_point()
 
 
 class Stream:
@@ -118,9 +118,9 @@ class Stream:
         self.priority = priority
         self._pending: bool | int = False
         with _lock:
-            _streams[handle] = self
+            streams[handle] = self
         for tr in patches.live_trackers():
-            tr._define_virtual_stream(self)
+            tr.define_virtual_stream(self)
 
     # The API of torch.cuda.Stream --------------------------------------------------
 
@@ -167,11 +167,11 @@ class Stream:
     def __enter__(self) -> Stream:
         ctx = StreamContext(self)
         ctx.__enter__()
-        _ctx_stack().append(ctx)
+        ctx_stack().append(ctx)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _ctx_stack().pop().__exit__(*exc)
+        ctx_stack().pop().__exit__(*exc)
 
     def __repr__(self) -> str:
         return f"virtual.Stream(name={self.name!r})"
@@ -192,7 +192,7 @@ DEFAULT.handle = DEFAULT_HANDLE
 DEFAULT.name = "default"
 DEFAULT.priority = 0
 DEFAULT._pending = False
-_streams[DEFAULT_HANDLE] = DEFAULT
+streams[DEFAULT_HANDLE] = DEFAULT
 
 
 class Event:
@@ -267,7 +267,7 @@ class Event:
         try:
             if self._recorded:
                 for tr in patches.live_trackers():
-                    tr._forget_event(self.handle)
+                    tr.forget_event(self.handle)
         except Exception:  # noqa: S110 - a finalizer never raises
             pass
 
@@ -283,16 +283,16 @@ class _State(threading.local):
         self.ctx: list[StreamContext] = []
 
 
-_state = _State()
+state = _State()
 
 
-def _ctx_stack() -> list[StreamContext]:
-    return _state.ctx
+def ctx_stack() -> list[StreamContext]:
+    return state.ctx
 
 
 def current_stream(device: Any = None) -> Stream:
     """The virtual stream current on this thread (the default stream if none is set)."""
-    s = _state.stream
+    s = state.stream
     return DEFAULT if s is None else s
 
 
@@ -305,7 +305,7 @@ def set_stream(s: Stream | None) -> None:
     """Makes ``s`` current on this thread (``None``: the default stream)."""
     if s is not None:
         _check_stream(s)
-    _state.stream = None if s is DEFAULT else s
+    state.stream = None if s is DEFAULT else s
 
 
 class StreamContext:
@@ -320,13 +320,13 @@ class StreamContext:
         self._prev: Stream | None = None
 
     def __enter__(self) -> Stream | None:
-        self._prev = _state.stream
+        self._prev = state.stream
         if self.stream is not None:
-            _state.stream = None if self.stream is DEFAULT else self.stream
+            state.stream = None if self.stream is DEFAULT else self.stream
         return self.stream
 
     def __exit__(self, *exc: Any) -> None:
-        _state.stream = self._prev
+        state.stream = self._prev
 
 
 def stream(s: Stream | None) -> StreamContext:
@@ -339,8 +339,8 @@ def synchronize(device: Any = None) -> None:
     global _epoch
     with _lock:
         _epoch += 1
-        streams = list(_streams.values())
-    for s in streams:
+        live = list(streams.values())
+    for s in live:
         s._pending = False
     _feed("on_device_sync")
 
@@ -348,27 +348,27 @@ def synchronize(device: Any = None) -> None:
 def all_streams() -> Iterator[Stream]:
     """Every virtual stream still alive (and the default one)."""
     with _lock:
-        return iter(list(_streams.values()))
+        return iter(list(streams.values()))
 
 
 # ---------------------------------------------------------------------------------------
 # Host memory
 
 # id(untyped storage) -> weakref to it, for storages marked as pinned host memory.
-_host: dict[int, weakref.ref[Any]] = {}
+host_storages: dict[int, weakref.ref[Any]] = {}
 
 
 def _forget_host(key: int) -> Any:
     def cb(_ref: Any) -> None:
-        _host.pop(key, None)
+        host_storages.pop(key, None)
 
     return cb
 
 
-def _mark_host(t: torch.Tensor) -> torch.Tensor:
+def mark_host(t: torch.Tensor) -> torch.Tensor:
     st = t.untyped_storage()
     key = id(st)
-    _host[key] = weakref.ref(st, _forget_host(key))
+    host_storages[key] = weakref.ref(st, _forget_host(key))
     return t
 
 
@@ -376,11 +376,11 @@ def is_host(t: torch.Tensor) -> bool:
     """Whether ``t`` lives in memory marked as (pinned) host memory."""
     if t.is_cuda:
         return False
-    return id(t.untyped_storage()) in _host
+    return id(t.untyped_storage()) in host_storages
 
 
 def _is_host_storage_key(key: int) -> bool:
-    return key in _host
+    return key in host_storages
 
 
 def _no_modes() -> Any:
@@ -397,7 +397,7 @@ def pin_memory(t: torch.Tensor) -> torch.Tensor:
         tr.on_host_read(t, False)
     with _no_modes():
         out = t.detach().clone(memory_format=torch.contiguous_format)
-    return _mark_host(out)
+    return mark_host(out)
 
 
 def to_host(t: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
@@ -410,7 +410,7 @@ def to_host(t: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
         return t.to("cpu", non_blocking=non_blocking)
     with _no_modes():
         out = torch.empty_like(t, memory_format=torch.contiguous_format)
-    _mark_host(out)
+    mark_host(out)
     out.copy_(t, non_blocking=non_blocking)
     return out
 

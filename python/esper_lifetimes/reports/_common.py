@@ -18,11 +18,11 @@ KIND_ORDER = tuple(KINDS)
 _OTHER_KIND = KindInfo("?", "error", "hazard", "", (), vocab.OTHER_COLOR)
 
 
-def _kind_info(kind: str) -> KindInfo:
+def kind_info(kind: str) -> KindInfo:
     return KINDS.get(kind, _OTHER_KIND)
 
 
-_kind_order = vocab.kind_order
+kind_order = vocab.kind_order
 
 
 # --------------------------------------------------------------------------------------
@@ -49,18 +49,18 @@ def hazard_dict(hazard: Any) -> dict[str, Any]:
     return d
 
 
-_hazard_key = vocab.dedup_key
+hazard_key = vocab.dedup_key
 
 
-def _stream_label(handle: int) -> str:
+def stream_label(handle: int) -> str:
     return f"stream {handle & 0xFFFFFFFFFFFFFFFF:#x}"
 
 
-def _hex(value: int | None) -> str | None:
+def hex_addr(value: int | None) -> str | None:
     return None if value is None else f"{value & 0xFFFFFFFFFFFFFFFF:#x}"
 
 
-def _size(nbytes: int | None) -> str:
+def size_text(nbytes: int | None) -> str:
     if nbytes is None:
         return "?"
     if nbytes < 1024:
@@ -73,7 +73,7 @@ def _size(nbytes: int | None) -> str:
     return f"{nbytes} B"  # unreachable
 
 
-def _roles(h: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
+def roles_of(h: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
     """The (role, site, stream name) lines a report shows for a hazard, in story order:
     the kind's roles (``vocab``, from the engine's ``Kind``); lines with neither a site
     nor a stream are left out."""
@@ -93,7 +93,7 @@ _OTHER_ROLES = (
 )
 
 
-def _streams_of(h: Mapping[str, Any]) -> list[str]:
+def streams_of(h: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for name in (h["alloc_stream_name"], h["use_stream_name"], h["other_stream_name"]):
         if name is not None and name not in out:
@@ -101,7 +101,7 @@ def _streams_of(h: Mapping[str, Any]) -> list[str]:
     return out
 
 
-class _Sources:
+class Sources:
     """Source lines of sites ``file:line``: from given texts, else from readable files."""
 
     def __init__(self, sources: Mapping[str, str] | None, read_files: bool):
@@ -132,17 +132,17 @@ class _Sources:
         return self._cache[site]
 
 
-def _grouped(hazards: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
+def grouped(hazards: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
     """kind -> indexes into ``hazards``, kinds in report order."""
     groups: dict[str, list[int]] = {}
     for i, h in enumerate(hazards):
         groups.setdefault(h["kind"], []).append(i)
-    return {k: groups[k] for k in sorted(groups, key=_kind_order)}
+    return {k: groups[k] for k in sorted(groups, key=kind_order)}
 
 
-def _summary(hazards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summary_of(hazards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {}
-    for kind, idx in _grouped(hazards).items():
+    for kind, idx in grouped(hazards).items():
         kinds[kind] = {
             "severity": hazards[idx[0]]["severity"],
             "distinct": len(idx),
@@ -158,11 +158,11 @@ def _summary(hazards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _plural(n: int, word: str, plural: str | None = None) -> str:
+def counted(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
-def _generator() -> str:
+def generator_info() -> str:
     try:
         from esper_lifetimes import __version__
 
@@ -171,11 +171,11 @@ def _generator() -> str:
         return "esper-lifetimes"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _write(path: str | os.PathLike | IO[str], text: str) -> None:
+def write_file(path: str | os.PathLike | IO[str], text: str) -> None:
     if hasattr(path, "write"):
         path.write(text)  # type: ignore[union-attr]
         return

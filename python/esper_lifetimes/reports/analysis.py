@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esper_lifetimes import Engine, LifetimesError
-from esper_lifetimes.reports._common import _hazard_key, _stream_label, hazard_dict
-from esper_lifetimes.reports.timeline import _HAS_SITE, Timeline
+from esper_lifetimes.reports._common import hazard_dict, hazard_key, stream_label
+from esper_lifetimes.reports.timeline import HAS_SITE, Timeline
 
 # --------------------------------------------------------------------------------------
 # Analysis: replay the timeline, build storages, links, and hazard anchors
@@ -93,7 +93,7 @@ class Analysis:
         if handle is None:
             return None
         s = self.streams.get(handle)
-        return s.name if s else _stream_label(handle)
+        return s.name if s else stream_label(handle)
 
     def t_ns(self, seq: int) -> int | None:
         return self.timeline._events[seq][0] if 0 <= seq < len(self.timeline._events) else None
@@ -121,14 +121,14 @@ def analyze(
     a = Analysis(timeline)
     a.engine = engine = Engine() if engine is None else engine
     _Replayer(a, engine).run()
-    by_key = {_hazard_key(h.fields): h for h in a.replayed}
+    by_key = {hazard_key(h.fields): h for h in a.replayed}
     if hazards is None:
         a.hazards = a.replayed
     else:
         a.hazards = []
         for index, given in enumerate(hazards, start=1):
             d = hazard_dict(given)
-            found = by_key.get(_hazard_key(d))
+            found = by_key.get(hazard_key(d))
             if found is None:
                 a.hazards.append(_Hazard(index, d))
             else:
@@ -166,7 +166,7 @@ class _Replayer:
     def stream(self, handle: int) -> _Stream:
         s = self.a.streams.get(handle)
         if s is None:
-            s = _Stream(handle, _stream_label(handle), False, len(self.a.streams))
+            s = _Stream(handle, stream_label(handle), False, len(self.a.streams))
             self.a.streams[handle] = s
         return s
 
@@ -182,7 +182,7 @@ class _Replayer:
         a, engine, tl = self.a, self.engine, self.a.timeline
         site_of = tl._site
         for seq, (_t, op, args) in enumerate(tl._events):
-            if op in _HAS_SITE:
+            if op in HAS_SITE:
                 args = args[:-1] + (site_of(args[-1]),)
             try:
                 getattr(engine, op)(*args)
@@ -500,7 +500,7 @@ class _Replayer:
             add("host_write" if args[2] else "host_read", seq, None, args[3])
         if not any(x["seq"] == seq for x in out) and op != "flush":
             stream = args[2] if op in ("alloc", "adopt", "access") else None
-            add(op, seq, stream, args[-1] if op in _HAS_SITE else None)
+            add(op, seq, stream, args[-1] if op in HAS_SITE else None)
         out.sort(key=lambda x: x["seq"])
         return out
 
@@ -539,7 +539,7 @@ def _assign_rows(a: Analysis) -> None:
         a.streams[handle].rows = len(row_end)
 
 
-def _analysis(timeline: Any, hazards: Iterable[Any] | None) -> Analysis | None:
+def analysis_for(timeline: Any, hazards: Iterable[Any] | None) -> Analysis | None:
     if timeline is None:
         return None
     if isinstance(timeline, Analysis):
@@ -547,7 +547,7 @@ def _analysis(timeline: Any, hazards: Iterable[Any] | None) -> Analysis | None:
     return analyze(timeline, hazards)
 
 
-def _hazard_list(hazards: Iterable[Any] | None, analysis: Analysis | None) -> list[dict]:
+def hazard_list(hazards: Iterable[Any] | None, analysis: Analysis | None) -> list[dict]:
     if hazards is None:
         if analysis is None:
             raise ValueError("give the hazards, or a timeline to find them in")

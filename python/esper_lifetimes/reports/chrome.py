@@ -8,14 +8,14 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from esper_lifetimes.reports._common import (
-    _generator,
-    _hex,
-    _roles,
-    _size,
-    _streams_of,
-    _write,
+    generator_info,
+    hex_addr,
+    roles_of,
+    size_text,
+    streams_of,
+    write_file,
 )
-from esper_lifetimes.reports.analysis import Analysis, _analysis
+from esper_lifetimes.reports.analysis import Analysis, analysis_for
 from esper_lifetimes.reports.timeline import Timeline
 
 CHROME_TRACE_SCHEMA = "esper-lifetimes-chrome-trace"
@@ -46,7 +46,7 @@ def chrome_trace(
     ``clock``: ``"wall"`` (the recorded timestamps), ``"sequence"`` (1 us per event) or
     ``"auto"`` (wall when every event has a timestamp).
     """
-    a = _analysis(timeline, hazards)
+    a = analysis_for(timeline, hazards)
     assert a is not None
     n = len(a.timeline)
     wall = a.has_wall_clock() if clock == "auto" else clock == "wall"
@@ -94,7 +94,7 @@ def chrome_trace(
         stop = ts(st.free_seq) if st.free_seq is not None else end_ts
         args = {
             "storage": st.id,
-            "ptr": _hex(st.ptr),
+            "ptr": hex_addr(st.ptr),
             "nbytes": st.nbytes,
             "alloc_stream": a.stream_name(st.stream),
             "alloc_site": st.alloc_site,
@@ -106,7 +106,7 @@ def chrome_trace(
             "hazards": list(st.hazards),
         }
         item = {
-            "name": f"storage {_hex(st.ptr)} ({_size(st.nbytes)})",
+            "name": f"storage {hex_addr(st.ptr)} ({size_text(st.nbytes)})",
             "cat": "storage",
             "ph": "X",
             "ts": start,
@@ -123,7 +123,7 @@ def chrome_trace(
         args = {"seq": seq}
         for k, v in info.items():
             if k in ("ptr", "host_ptr", "event"):
-                v = _hex(v)
+                v = hex_addr(v)
             elif k in ("stream", "waited"):
                 v = a.stream_name(v)
             args[k] = v
@@ -164,8 +164,8 @@ def chrome_trace(
             "count": d["count"],
             "live": d["live"],
             "message": d["message"],
-            "streams": _streams_of(d),
-            "sites": {r: s for r, s, _ in _roles(d) if s is not None},
+            "streams": streams_of(d),
+            "sites": {r: s for r, s, _ in roles_of(d) if s is not None},
         }
         paths = {p[-1]["seq"]: p for p in h.paths if p}
         for n_occ, seq in enumerate(h.occurrences):
@@ -200,7 +200,7 @@ def chrome_trace(
         "otherData": {
             "schema": CHROME_TRACE_SCHEMA,
             "version": 1,
-            "generator": _generator(),
+            "generator": generator_info(),
             "clock": "wall" if wall else "sequence",
             "events": n,
             "dropped": a.timeline.dropped,
@@ -241,5 +241,5 @@ def write_chrome_trace(
     """Write :func:`chrome_trace` to ``path`` (open it in https://ui.perfetto.dev or
     chrome://tracing); returns the object written."""
     doc = chrome_trace(timeline, hazards, **kwargs)
-    _write(path, json.dumps(doc, separators=(",", ":")) + "\n")
+    write_file(path, json.dumps(doc, separators=(",", ":")) + "\n")
     return doc

@@ -12,19 +12,19 @@ from typing import IO, Any
 
 from esper_lifetimes.reports._common import (
     KINDS,
-    _hex,
-    _jsonable,
-    _kind_info,
-    _kind_order,
-    _plural,
-    _roles,
-    _size,
-    _Sources,
-    _streams_of,
-    _summary,
-    _write,
+    Sources,
+    counted,
+    hex_addr,
+    jsonable,
+    kind_info,
+    kind_order,
+    roles_of,
+    size_text,
+    streams_of,
+    summary_of,
+    write_file,
 )
-from esper_lifetimes.reports.analysis import Analysis, _analysis
+from esper_lifetimes.reports.analysis import Analysis, analysis_for
 from esper_lifetimes.reports.timeline import Timeline
 
 # --------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ _NO_COLUMN = ("define_stream", "forget_event", "host_release")
 def _html_data(
     a: Analysis,
     hs: list[dict[str, Any]],
-    src: _Sources,
+    src: Sources,
     title: str,
     meta: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def _html_data(
             st.row,
             c(st.alloc_seq),
             c(st.free_seq),
-            _hex(st.ptr),
+            hex_addr(st.ptr),
             st.nbytes,
             si(st.alloc_site),
             si(st.free_site),
@@ -147,7 +147,7 @@ def _html_data(
                     ]
                     for p in h.paths
                 ],
-                "roles": [[r, si(s), st] for r, s, st in _roles(d)],
+                "roles": [[r, si(s), st] for r, s, st in roles_of(d)],
             }
         )
     code = {}
@@ -165,13 +165,13 @@ def _html_data(
             col_times[min(cc, ncols - 1)] = round((times[seq] - t0) / 1000, 1)
     return {
         "title": title,
-        "meta": _jsonable(dict(meta)),
+        "meta": jsonable(dict(meta)),
         "events": len(a.timeline),
         "dropped": a.timeline.dropped,
         "cols": ncols,
         "colTimes": col_times,
         "lanes": [
-            {"name": s.name, "handle": _hex(s.handle), "virtual": s.virtual, "rows": s.rows}
+            {"name": s.name, "handle": hex_addr(s.handle), "virtual": s.virtual, "rows": s.rows}
             for s in lanes
         ]
         + [{"name": "host", "handle": None, "virtual": False, "rows": 0, "host": True}],
@@ -197,17 +197,17 @@ def html_report(
     read_sources: bool = True,
 ) -> str:
     """The HTML report as a string: one self-contained page (inline CSS, JS and SVG)."""
-    a = _analysis(timeline, hazards)
+    a = analysis_for(timeline, hazards)
     assert a is not None
     hs = [h.fields for h in a.hazards]
-    src = _Sources(sources, read_sources)
+    src = Sources(sources, read_sources)
     all_meta = dict(a.timeline.meta)
     all_meta.update(meta or {})
     title = title or "esper-lifetimes report"
     data = _html_data(a, hs, src, title, all_meta)
     blob = json.dumps(data, separators=(",", ":"))
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    summary = _summary(hs)
+    summary = summary_of(hs)
     return (
         _asset("report.html")
         .replace("%%TITLE%%", html.escape(title))
@@ -223,7 +223,7 @@ def _html_summary(summary: dict[str, Any], a: Analysis, meta: Mapping[str, Any])
     e = html.escape
     parts = []
     for kind, info in summary["kinds"].items():
-        color = _kind_info(kind).color
+        color = kind_info(kind).color
         parts.append(
             f'<span class="chip" style="--k:{color}"><b>{e(kind)}</b> '
             f"{info['distinct']}&thinsp;/&thinsp;&times;{info['occurrences']}</span>"
@@ -231,9 +231,9 @@ def _html_summary(summary: dict[str, Any], a: Analysis, meta: Mapping[str, Any])
     if not parts:
         parts.append('<span class="chip ok"><b>no hazards</b></span>')
     facts = [
-        _plural(len(a.timeline), "event"),
-        _plural(len(a.streams), "stream"),
-        _plural(len(a.storages), "storage"),
+        counted(len(a.timeline), "event"),
+        counted(len(a.streams), "stream"),
+        counted(len(a.storages), "storage"),
     ]
     if a.timeline.dropped:
         facts.append(f"{a.timeline.dropped} events not recorded")
@@ -257,14 +257,14 @@ def _html_summary(summary: dict[str, Any], a: Analysis, meta: Mapping[str, Any])
     return out + '<div class="chips">' + "".join(parts) + "</div>"
 
 
-def _html_hazards(a: Analysis, hs: list[dict[str, Any]], src: _Sources) -> str:
+def _html_hazards(a: Analysis, hs: list[dict[str, Any]], src: Sources) -> str:
     e = html.escape
     if not hs:
         return '<p class="none">No hazards found: every free, reuse and access was ordered.</p>'
     out = []
-    pairs = sorted(zip(a.hazards, hs, strict=True), key=lambda p: _kind_order(p[1]["kind"]))
+    pairs = sorted(zip(a.hazards, hs, strict=True), key=lambda p: kind_order(p[1]["kind"]))
     for h, d in pairs:
-        color = _kind_info(d["kind"]).color
+        color = kind_info(d["kind"]).color
         badges = [f'<span class="sev {e(d["severity"])}">{e(d["severity"])}</span>']
         if d["count"] > 1:
             badges.append(f'<span class="count">&times;{d["count"]}</span>')
@@ -275,7 +275,7 @@ def _html_hazards(a: Analysis, hs: list[dict[str, Any]], src: _Sources) -> str:
         if h.opened_seq is None:
             badges.append('<span class="unplaced">not on the timeline</span>')
         rows = []
-        for role, site, stream in _roles(d):
+        for role, site, stream in roles_of(d):
             code = src.line(site)
             rows.append(
                 "<tr>"
@@ -290,11 +290,11 @@ def _html_hazards(a: Analysis, hs: list[dict[str, Any]], src: _Sources) -> str:
             f'data-kind="{e(d["kind"])}" style="--k:{color}">'
             f'<div class="hzhead"><span class="num">{h.index}</span>'
             f'<span class="kind">{e(d["kind"])}</span>{"".join(badges)}'
-            f'<span class="what">{where} <code>{e(_hex(d["ptr"]) or "?")}</code> '
-            f"({e(_size(d['nbytes']))}) &middot; {e(', '.join(_streams_of(d)))}</span></div>"
+            f'<span class="what">{where} <code>{e(hex_addr(d["ptr"]) or "?")}</code> '
+            f"({e(size_text(d['nbytes']))}) &middot; {e(', '.join(streams_of(d)))}</span></div>"
             f'<table class="roles">{"".join(rows)}</table>'
             f'<div class="msg">{e(d["message"])}</div>'
-            f'<div class="hint">{e(_kind_info(d["kind"]).hint)}</div>'
+            f'<div class="hint">{e(kind_info(d["kind"]).hint)}</div>'
             "</div>"
         )
     return "".join(out)
@@ -307,7 +307,7 @@ def write_html(
     **kwargs: Any,
 ) -> None:
     """Write :func:`html_report` to ``path``."""
-    _write(path, html_report(timeline, hazards, **kwargs))
+    write_file(path, html_report(timeline, hazards, **kwargs))
 
 
 def _asset(name: str) -> str:

@@ -10,14 +10,14 @@ from importlib import resources
 from typing import IO, Any
 
 from esper_lifetimes.reports._common import (
-    _generator,
-    _jsonable,
-    _Sources,
-    _streams_of,
-    _summary,
-    _write,
+    Sources,
+    generator_info,
+    jsonable,
+    streams_of,
+    summary_of,
+    write_file,
 )
-from esper_lifetimes.reports.analysis import Analysis, _analysis, _hazard_list
+from esper_lifetimes.reports.analysis import Analysis, analysis_for, hazard_list
 from esper_lifetimes.reports.timeline import Timeline
 
 SCHEMA_NAME = "esper-lifetimes-report"
@@ -49,10 +49,10 @@ def report_dict(
     read_sources: bool = True,
 ) -> dict[str, Any]:
     """The JSON report as a dict (see ``docs/REPORTS.md`` and the schema)."""
-    analysis = _analysis(timeline, hazards)
-    hs = _hazard_list(hazards, analysis)
+    analysis = analysis_for(timeline, hazards)
+    hs = hazard_list(hazards, analysis)
     placed = analysis.hazards if analysis is not None else None
-    src = _Sources(sources, read_sources)
+    src = Sources(sources, read_sources)
     out_meta: dict[str, Any] = {}
     if analysis is not None:
         out_meta.update(analysis.timeline.meta)
@@ -61,7 +61,7 @@ def report_dict(
     for i, h in enumerate(hs):
         item: dict[str, Any] = {"id": i + 1}
         item.update(h)
-        item["streams"] = _streams_of(h)
+        item["streams"] = streams_of(h)
         code = {}
         for name in ("alloc_site", "use_site", "free_site", "other_site"):
             text = src.line(h[name])
@@ -87,10 +87,10 @@ def report_dict(
     doc: dict[str, Any] = {
         "schema": SCHEMA_NAME,
         "version": SCHEMA_VERSION,
-        "generator": _generator(),
+        "generator": generator_info(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "meta": _jsonable(out_meta),
-        "summary": _summary(hs),
+        "meta": jsonable(out_meta),
+        "summary": summary_of(hs),
         "hazards": items,
         "timeline": None,
     }
@@ -138,5 +138,5 @@ def write_json(
     one is given; ``hazards=None`` reports the hazards found by replaying it.
     """
     doc = report_dict(hazards, timeline, meta, **kwargs)
-    _write(path, json.dumps(doc, indent=2) + "\n")
+    write_file(path, json.dumps(doc, indent=2) + "\n")
     return doc

@@ -13,16 +13,16 @@ from typing import IO, Any
 from esper_lifetimes import vocab
 from esper_lifetimes.reports._common import (
     KINDS,
-    _grouped,
-    _hex,
-    _kind_info,
-    _plural,
-    _roles,
-    _size,
-    _Sources,
-    _streams_of,
-    _summary,
+    Sources,
+    counted,
+    grouped,
     hazard_dict,
+    hex_addr,
+    kind_info,
+    roles_of,
+    size_text,
+    streams_of,
+    summary_of,
 )
 from esper_lifetimes.reports.analysis import Analysis
 from esper_lifetimes.reports.timeline import Timeline
@@ -41,10 +41,10 @@ def _fix(hazard: Any, d: Mapping[str, Any], fix_for: FixFor | None = None) -> st
         own = hazard.get("fix") if isinstance(hazard, Mapping) else getattr(hazard, "fix", None)
     if own:
         return str(own)
-    return _kind_info(d["kind"]).hint
+    return kind_info(d["kind"]).hint
 
 
-def _compact_lines(hazard: Any, src: _Sources, fix_for: FixFor | None) -> list[str]:
+def _compact_lines(hazard: Any, src: Sources, fix_for: FixFor | None) -> list[str]:
     d = hazard_dict(hazard)
     head = f"{str(d['severity']).upper()} {d['kind']}"
     if d["count"] > 1:
@@ -87,10 +87,10 @@ def format_report(
     lines, and the fix (``fix_for``: see :data:`FixFor`). ``diagnostics``: the tracker's
     count of internal failures."""
     hs = list(hazards)
-    src = _Sources(sources, read_sources)
+    src = Sources(sources, read_sources)
     errors = [h for h in hs if hazard_dict(h)["severity"] == "error"]
     advice = [h for h in hs if hazard_dict(h)["severity"] != "error"]
-    out = [f"esper-lifetimes: {_plural(len(errors), 'error')}, {len(advice)} advice"]
+    out = [f"esper-lifetimes: {counted(len(errors), 'error')}, {len(advice)} advice"]
     for h in errors + advice:
         out.append("")
         out.extend(_compact_lines(h, src, fix_for))
@@ -120,18 +120,18 @@ def write_text(
     out = sys.stderr if file is None else file
     hazards_in = list(hazards)
     hs = [hazard_dict(h) for h in hazards_in]
-    src = _Sources(sources, read_sources)
-    summary = _summary(hs)
+    src = Sources(sources, read_sources)
+    summary = summary_of(hs)
     analysis = timeline if isinstance(timeline, Analysis) else None
     if isinstance(timeline, Timeline):
         tl: Timeline | None = timeline
     else:
         tl = analysis.timeline if analysis is not None else None
     if tl is not None:
-        facts = [_plural(len(tl), "event")]
+        facts = [counted(len(tl), "event")]
         if analysis is not None:
-            facts.append(_plural(len(analysis.streams), "stream"))
-            facts.append(_plural(len(analysis.storages), "storage"))
+            facts.append(counted(len(analysis.streams), "stream"))
+            facts.append(counted(len(analysis.storages), "storage"))
         if tl.truncated:
             facts.append(f"{tl.dropped} more not recorded")
         origin = tl.meta.get("trace")
@@ -140,28 +140,28 @@ def write_text(
         out.write("esper-lifetimes: no hazards found.\n")
         return
     out.write(
-        f"esper-lifetimes: {_plural(summary['distinct'], 'distinct hazard')} "
-        f"({_plural(summary['occurrences'], 'occurrence')}): "
-        f"{_plural(summary['errors'], 'error')}, {summary['advice']} advice\n"
+        f"esper-lifetimes: {counted(summary['distinct'], 'distinct hazard')} "
+        f"({counted(summary['occurrences'], 'occurrence')}): "
+        f"{counted(summary['errors'], 'error')}, {summary['advice']} advice\n"
     )
     wrap = textwrap.TextWrapper(width=width, initial_indent="      ", subsequent_indent="      ")
-    for kind, idx in _grouped(hs).items():
+    for kind, idx in grouped(hs).items():
         info = summary["kinds"][kind]
         out.write(
-            f"\n{kind} ({info['severity']}): {_plural(info['distinct'], 'distinct hazard')}, "
-            f"{_plural(info['occurrences'], 'occurrence')}"
+            f"\n{kind} ({info['severity']}): {counted(info['distinct'], 'distinct hazard')}, "
+            f"{counted(info['occurrences'], 'occurrence')}"
         )
-        title = _kind_info(kind).title if kind in KINDS else ""
+        title = kind_info(kind).title if kind in KINDS else ""
         out.write(f" -- {title}\n" if title else "\n")
         for i in idx:
             h = hs[i]
-            streams = ", ".join(_streams_of(h))
-            where = f"storage {_hex(h['ptr'])} ({_size(h['nbytes'])})"
+            streams = ", ".join(streams_of(h))
+            where = f"storage {hex_addr(h['ptr'])} ({size_text(h['nbytes'])})"
             if kind.startswith("host-"):
-                where = f"host memory {_hex(h['ptr'])} ({_size(h['nbytes'])})"
+                where = f"host memory {hex_addr(h['ptr'])} ({size_text(h['nbytes'])})"
             live = "  [live: the use was still in flight]" if h["live"] else ""
             out.write(f"  #{i + 1}  x{h['count']}  {where}; streams: {streams}{live}\n")
-            roles = _roles(h)
+            roles = roles_of(h)
             rw = max(len(r[0]) for r in roles)
             sw = max(len(r[1] or "?") for r in roles)
             for role, site, stream in roles:
@@ -174,9 +174,9 @@ def write_text(
             out.write("\n".join(wrap.wrap(h["message"])) + "\n")
             own = hazards_in[i] if i < len(hazards_in) else None
             own_fix = _fix(own, h, fix_for) if own is not None else ""
-            if own_fix and own_fix != _kind_info(kind).hint:
+            if own_fix and own_fix != kind_info(kind).hint:
                 out.write("\n".join(wrap.wrap("fix: " + own_fix)) + "\n")
-        hint = _kind_info(kind).hint
+        hint = kind_info(kind).hint
         if hint:
             out.write(
                 "\n".join(

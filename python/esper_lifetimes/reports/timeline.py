@@ -22,7 +22,7 @@ _OPS: dict[str, tuple[tuple[str, Any], ...]] = {
     op: tuple((a.name, a.default) for a in spec.args) for op, spec in vocab.OPS.items()
 }
 OPS = tuple(_OPS)
-_HAS_SITE = frozenset(op for op, spec in vocab.OPS.items() if spec.has_site)
+HAS_SITE = frozenset(op for op, spec in vocab.OPS.items() if spec.has_site)
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class Timeline:
         """The calls as trace-format dicts (sites as strings, defaults left out)."""
         out = []
         for _t_ns, op, args in self._events:
-            if op in _HAS_SITE:
+            if op in HAS_SITE:
                 args = args[:-1] + (self._site(args[-1]),)
             if op == "launch":
                 args = (args[0], list(args[1]), list(args[2]), args[3])
