@@ -21,12 +21,13 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
 __all__ = [
+    "Watcher",
     "active",
     "push",
     "pop",
@@ -41,12 +42,39 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------
+# What a tracker shows the patches
+
+
+class Watcher(Protocol):
+    """The interface the patches and virtual streams feed (``Tracker`` implements it, in
+    ``esper_lifetimes/tracking/hooks.py`` and ``region.py``). None of its methods raises
+    into the program but :meth:`safe_point`, where a ``raise`` policy raises."""
+
+    yield_to_inner: bool  # suspended while another tracker is active above it
+
+    def safe_point(self, exc: BaseException | None = None, final: bool = False) -> None: ...
+    def define_virtual_stream(self, s: Any) -> None: ...
+    def forget_event(self, h: int) -> None: ...
+    def on_stream_wait(self, waiter: int, waited: int) -> None: ...
+    def on_event_record(self, event: int, stream: int) -> None: ...
+    def on_event_wait(self, event: int, stream: int) -> None: ...
+    def on_stream_sync(self, stream: int) -> None: ...
+    def on_event_sync(self, event: int) -> None: ...
+    def on_device_sync(self) -> None: ...
+    def on_stream_query(self, stream: int, complete: bool) -> None: ...
+    def on_event_query(self, event: int, complete: bool) -> None: ...
+    def on_record_stream(self, t: torch.Tensor, stream: int) -> None: ...
+    def on_host_read(self, t: torch.Tensor, device_sync: bool = True) -> None: ...
+    def on_storage_resized(self, st: Any) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------
 # Per-thread state
 
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        self.active: list[Any] = []  # trackers active on this thread, innermost last
+        self.active: list[Watcher] = []  # trackers active on this thread, innermost last
         self.modes: list[Any] = []  # their dispatch modes, same order
         self.depth = 0  # > 0 while inside a patched call
         # The run's always-on tracker when it is the only tracker active on this thread
@@ -58,12 +86,12 @@ class _ThreadState(threading.local):
 thread_state = _ThreadState()
 
 
-def active() -> list[Any]:
+def active() -> list[Watcher]:
     """The trackers active on the calling thread (do not mutate)."""
     return thread_state.active
 
 
-def push(tracker: Any, mode: Any) -> None:
+def push(tracker: Watcher, mode: Any) -> None:
     """Makes ``tracker`` the innermost on this thread. Every active tracker is fed the
     thread's events, except one that *yields to inner regions* (``yield_to_inner``: the
     pytest plugin's per-test region, the always-on tracker) while another sits above it:
@@ -85,7 +113,7 @@ def _set_fast() -> None:
     thread_state.fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
 
 
-def pop(tracker: Any) -> Any:
+def pop(tracker: Watcher) -> Any:
     """Removes ``tracker`` (the innermost occurrence) and returns its mode."""
     act = thread_state.active
     for i in range(len(act) - 1, -1, -1):
@@ -100,7 +128,7 @@ def pop(tracker: Any) -> Any:
     return None
 
 
-def set_mode(tracker: Any, mode: Any) -> None:
+def set_mode(tracker: Watcher, mode: Any) -> None:
     """Replaces the dispatch mode recorded for ``tracker`` on this thread (the always-on
     tracker opens and closes windows), suspended if it yields to trackers above it."""
     act = thread_state.active
@@ -112,7 +140,7 @@ def set_mode(tracker: Any, mode: Any) -> None:
             return
 
 
-def targets(active: list[Any]) -> list[Any]:
+def targets(active: list[Watcher]) -> list[Watcher]:
     """The trackers an event on this thread feeds (see :func:`push`)."""
     if len(active) < 2:
         return active
@@ -120,21 +148,21 @@ def targets(active: list[Any]) -> list[Any]:
     return [t for t in active if t is top or not t.yield_to_inner]
 
 
-_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_live: weakref.WeakSet[Watcher] = weakref.WeakSet()
 _live_lock = threading.RLock()  # reentrant: finalizers (Event.__del__) take it
 
 
-def add_live(tracker: Any) -> None:
+def add_live(tracker: Watcher) -> None:
     with _live_lock:
         _live.add(tracker)
 
 
-def discard_live(tracker: Any) -> None:
+def discard_live(tracker: Watcher) -> None:
     with _live_lock:
         _live.discard(tracker)
 
 
-def live_trackers() -> list[Any]:
+def live_trackers() -> list[Watcher]:
     with _live_lock:
         return list(_live)
 
@@ -182,13 +210,13 @@ def _current_cuda_stream() -> Any:
 _real_devices = torch._C.DisableTorchFunction
 
 
-def _feed(trackers: list[Any], method: str, *args: Any) -> None:
+def _feed(trackers: Sequence[Watcher], method: str, *args: Any) -> None:
     with _real_devices():
         for tr in tuple(trackers):
             getattr(tr, method)(*args)
 
 
-def _safe_points(trackers: list[Any]) -> None:
+def _safe_points(trackers: Sequence[Watcher]) -> None:
     if _pending_base is not None:
         raise_pending()
     for tr in tuple(trackers):
@@ -248,7 +276,9 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
             except Exception:
                 known = True  # the tracker's path decides
             if not known:
-                return None if isinstance(stream, vstream) else orig(self, stream)
+                if not isinstance(stream, vstream):
+                    orig(self, stream)
+                return None
         if isinstance(stream, vstream):
             if st.active and not st.depth:
                 st.depth += 1
@@ -274,56 +304,58 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
     return record_stream
 
 
-def _f_stream_wait(trs: list[Any], _r: Any, self: Any, stream: Any) -> None:
+def _f_stream_wait(trs: Sequence[Watcher], _r: Any, self: Any, stream: Any) -> None:
     _feed(trs, "on_stream_wait", _stream_handle(self), _stream_handle(stream))
 
 
-def _f_stream_wait_event(trs: list[Any], _r: Any, self: Any, event: Any) -> None:
+def _f_stream_wait_event(trs: Sequence[Watcher], _r: Any, self: Any, event: Any) -> None:
     _feed(trs, "on_event_wait", cuda_event_handle(event), _stream_handle(self))
 
 
-def _f_stream_record_event(trs: list[Any], result: Any, self: Any, event: Any = None) -> None:
+def _f_stream_record_event(
+    trs: Sequence[Watcher], result: Any, self: Any, event: Any = None
+) -> None:
     ev = result if result is not None else event
     if ev is not None:
         _feed(trs, "on_event_record", cuda_event_handle(ev), _stream_handle(self))
 
 
-def _f_stream_sync(trs: list[Any], _r: Any, self: Any) -> None:
+def _f_stream_sync(trs: Sequence[Watcher], _r: Any, self: Any) -> None:
     _feed(trs, "on_stream_sync", _stream_handle(self))
 
 
-def _f_stream_query(trs: list[Any], result: Any, self: Any) -> None:
+def _f_stream_query(trs: Sequence[Watcher], result: Any, self: Any) -> None:
     _feed(trs, "on_stream_query", _stream_handle(self), bool(result))
 
 
-def _f_event_record(trs: list[Any], _r: Any, self: Any, stream: Any = None) -> None:
+def _f_event_record(trs: Sequence[Watcher], _r: Any, self: Any, stream: Any = None) -> None:
     s = stream if stream is not None else _current_cuda_stream()
     _feed(trs, "on_event_record", cuda_event_handle(self), _stream_handle(s))
 
 
-def _f_event_wait(trs: list[Any], _r: Any, self: Any, stream: Any = None) -> None:
+def _f_event_wait(trs: Sequence[Watcher], _r: Any, self: Any, stream: Any = None) -> None:
     s = stream if stream is not None else _current_cuda_stream()
     _feed(trs, "on_event_wait", cuda_event_handle(self), _stream_handle(s))
 
 
-def _f_event_sync(trs: list[Any], _r: Any, self: Any) -> None:
+def _f_event_sync(trs: Sequence[Watcher], _r: Any, self: Any) -> None:
     _feed(trs, "on_event_sync", cuda_event_handle(self))
 
 
-def _f_event_query(trs: list[Any], result: Any, self: Any) -> None:
+def _f_event_query(trs: Sequence[Watcher], result: Any, self: Any) -> None:
     _feed(trs, "on_event_query", cuda_event_handle(self), bool(result))
 
 
-def _f_device_sync(trs: list[Any], _r: Any, *_a: Any, **_k: Any) -> None:
+def _f_device_sync(trs: Sequence[Watcher], _r: Any, *_a: Any, **_k: Any) -> None:
     _feed(trs, "on_device_sync")
 
 
-def _f_host_read(trs: list[Any], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
+def _f_host_read(trs: Sequence[Watcher], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
     if isinstance(self, torch.Tensor):
         _feed(trs, "on_host_read", self)
 
 
-def _f_resize(trs: list[Any], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
+def _f_resize(trs: Sequence[Watcher], _r: Any, self: Any, *_a: Any, **_k: Any) -> None:
     _feed(trs, "on_storage_resized", self)
 
 

@@ -403,27 +403,22 @@ class _Region:
             return False
         self.closed = True
         tr = self.tracker
-        if getattr(tr, "_state", None) == "active" and self.live_storages():
-            try:
-                tr._detach()
-            finally:
-                tr._state = "closed"
+        if tr.active and self.live_storages():
+            tr.linger()
             self.flush()
             return True
         self._cm.__exit__(None, None, None)
         return False
 
     def flush(self) -> None:
-        eng = self.tracker.engine
-        if eng is not None:
-            eng.flush()
+        self.tracker.flush()
 
     def sweep(self, final: bool = False) -> bool:
         """A lingering region: takes the verdict on the frees seen since the last sweep.
         True when it is done (nothing it watches is alive, or ``final``): closed then."""
         self.flush()
         if final or not self.live_storages():
-            self.tracker._close()
+            self.tracker.close()
             return True
         return False
 

@@ -2,11 +2,10 @@
 hazard fields and the deduplication key.
 
 Every other module reads these tables; none re-lists them. The hazard kinds come from
-the compiled engine (``_core.KINDS``, built from the Rust ``Kind`` enum) the first time
-they are asked for; this module imports neither torch nor the engine when it is
-imported, so the pytest plugin and the configuration parser can use it for free. The
-static copy below (:data:`_STATIC_KINDS`) is used only where the compiled module cannot
-be loaded; ``tests/test_vocab.py`` asserts that it equals ``_core.KINDS``.
+the compiled engine (``_core.KINDS``, built from the Rust ``Kind`` enum), and only from
+there, the first time they are asked for; this module imports neither torch nor the
+engine when it is imported, so the pytest plugin and the configuration parser can use
+it for free.
 
 The engine operations (:data:`OPS`) are the engine's mutating methods with their
 arguments in parameter order: the trace format, the recording proxy
@@ -68,98 +67,6 @@ def _color(name: str) -> str:
     return COLORS.get(name) or _SPARE_COLORS[zlib.crc32(name.encode()) % len(_SPARE_COLORS)]
 
 
-# The kinds as the engine exports them (``_core.KINDS``), for when it cannot be loaded.
-# Roles: (label, site field, stream-name field or None), in the order of the story.
-_STATIC_KINDS: Final[tuple[dict[str, Any], ...]] = (
-    {
-        "name": "unsynced-free",
-        "severity": "error",
-        "title": "storage freed while another stream may still use it",
-        "hint": "call t.record_stream(s) for the using stream s before the free, or make the "
-        "allocation stream wait for s (alloc_stream.wait_stream(s)) before its next "
-        "allocation, or synchronize s first.",
-        "roles": (
-            ("allocated", "alloc_site", "alloc_stream_name"),
-            ("used", "use_site", "use_stream_name"),
-            ("freed", "free_site", None),
-            ("judged at allocation", "other_site", "other_stream_name"),
-        ),
-    },
-    {
-        "name": "reuse-race",
-        "severity": "error",
-        "title": "freed block handed to a new allocation under an unfinished use",
-        "hint": "its cause is the unsynced-free of the first storage: fixing that free "
-        "removes it. Until then the new owner may overwrite bytes the old use still reads.",
-        "roles": (
-            ("allocated", "alloc_site", "alloc_stream_name"),
-            ("used", "use_site", "use_stream_name"),
-            ("freed", "free_site", None),
-            ("reallocated", "other_site", "other_stream_name"),
-        ),
-    },
-    {
-        "name": "unwaited-allocation",
-        "severity": "error",
-        "title": "fresh storage used on another stream before that stream waited for its "
-        "allocation",
-        "hint": "make the using stream wait for the allocation stream "
-        "(s.wait_stream(alloc_stream)) before the fresh tensor's first use on it: the block "
-        "may still be in use by its previous owner's pending work.",
-        "roles": (
-            ("allocated", "alloc_site", "alloc_stream_name"),
-            ("used", "use_site", "use_stream_name"),
-        ),
-    },
-    {
-        "name": "unsynced-access",
-        "severity": "error",
-        "title": "two streams access the same bytes, at least one writes, with no ordering",
-        "hint": "order the two streams: reader.wait_stream(writer) (or an event record/wait) "
-        "before the second access.",
-        "roles": (
-            ("allocated", "alloc_site", "alloc_stream_name"),
-            ("earlier", "other_site", "other_stream_name"),
-            ("racing", "use_site", "use_stream_name"),
-        ),
-    },
-    {
-        "name": "host-read-before-copy",
-        "severity": "error",
-        "title": "host reads memory a non-blocking device-to-host copy is still writing",
-        "hint": "synchronize the copy's stream, or an event recorded after the copy, before "
-        "reading the host tensor.",
-        "roles": (
-            ("copy", "use_site", "use_stream_name"),
-            ("host read", "other_site", None),
-        ),
-    },
-    {
-        "name": "host-write-during-copy",
-        "severity": "error",
-        "title": "host writes pinned memory a non-blocking host-to-device copy still reads",
-        "hint": "synchronize the copy's stream (or an event recorded after the copy) before "
-        "writing the pinned source.",
-        "roles": (
-            ("copy", "use_site", "use_stream_name"),
-            ("host write", "other_site", None),
-        ),
-    },
-    {
-        "name": "redundant-record-stream",
-        "severity": "advice",
-        "title": "record_stream that changes nothing but delays reuse",
-        "hint": "drop the record_stream call: each time it ran, the stream was the allocation "
-        "stream, already recorded, or already ordered by a wait or sync.",
-        "roles": (
-            ("allocated", "alloc_site", "alloc_stream_name"),
-            ("recorded", "use_site", "use_stream_name"),
-            ("freed", "free_site", None),
-        ),
-    },
-)
-
-
 @dataclass(frozen=True)
 class KindInfo:
     """One hazard kind: what the engine says of it, and the colour reports draw it in."""
@@ -196,13 +103,11 @@ def _kind_info(d: Mapping[str, Any]) -> KindInfo:
     )
 
 
-def _engine_kinds() -> Sequence[Mapping[str, Any]] | None:
-    """``_core.KINDS``, or None when the compiled module (or that export) is missing."""
-    try:
-        from esper_lifetimes import _core
-    except ImportError:
-        return None
-    return getattr(_core, "KINDS", None)
+def _engine_kinds() -> Sequence[Mapping[str, Any]]:
+    """``_core.KINDS``: the Rust ``Kind`` enum, the one list of hazard kinds."""
+    from esper_lifetimes import _core
+
+    return _core.KINDS
 
 
 _kinds: tuple[KindInfo, ...] | None = None
@@ -213,7 +118,7 @@ def kinds() -> tuple[KindInfo, ...]:
     """Every hazard kind, errors first, in the engine's order (``Kind::ALL``)."""
     global _kinds
     if _kinds is None:
-        source = _engine_kinds() or _STATIC_KINDS
+        source = _engine_kinds()
         infos = [_kind_info(d) for d in source]
         infos.sort(key=lambda k: k.severity != "error")  # stable: errors, then advice
         _by_name.update((k.name, k) for k in infos)
