@@ -59,6 +59,12 @@ impl Hasher for MixHasher {
     }
 }
 
+/// The hash of one u64 key (what `MixHasher` gives for a lone `write_u64`).
+#[inline]
+pub fn mix(x: u64) -> u64 {
+    fold_mul(x, K)
+}
+
 pub type MixBuild = BuildHasherDefault<MixHasher>;
 pub type MixMap<K, V> = std::collections::HashMap<K, V, MixBuild>;
 

@@ -65,6 +65,76 @@ pub struct Shadow {
 
 pub type Conflicts = SmallVec<[Access; 4]>;
 
+/// No access: position 0 (the first work on a stream has position 1).
+const NO_ACCESS: Access = Access {
+    stream: StreamIx(0),
+    pos: 0,
+    site: 0,
+};
+
+/// The shadow state of a storage only ever accessed whole (the common case), kept
+/// inline in its slot: the last write and, per stream, the latest read since it. The
+/// first access to part of the storage turns it into a `Shadow` (`split`), for good;
+/// either way an access finds exactly the conflicts the one-segment `Shadow` would.
+#[derive(Clone, Debug)]
+pub struct Whole {
+    /// The last write; `NO_ACCESS` before the first.
+    write: Access,
+    reads: SmallVec<[Access; 2]>,
+}
+
+impl Default for Whole {
+    fn default() -> Self {
+        Whole {
+            write: NO_ACCESS,
+            reads: SmallVec::new(),
+        }
+    }
+}
+
+impl Whole {
+    /// An access by `cur` to the whole storage (see `Shadow::access`).
+    #[inline]
+    pub fn access(
+        &mut self,
+        cur: Access,
+        write: bool,
+        ordered: impl Fn(StreamIx, u64) -> bool,
+        conflicts: &mut Conflicts,
+    ) {
+        let w = self.write;
+        if w.pos != 0 && w.stream != cur.stream && !ordered(w.stream, w.pos) {
+            conflicts.push(w);
+        }
+        if write {
+            for r in &self.reads {
+                if r.stream != cur.stream && !ordered(r.stream, r.pos) {
+                    conflicts.push(*r);
+                }
+            }
+            self.write = cur;
+            self.reads.clear();
+        } else {
+            match self.reads.iter_mut().find(|r| r.stream == cur.stream) {
+                Some(r) => *r = cur,
+                None => self.reads.push(cur),
+            }
+        }
+    }
+
+    /// The same state as a one-segment `Shadow` over `len` bytes; this one is emptied.
+    pub fn split(&mut self, len: u64) -> Shadow {
+        let whole = std::mem::take(self);
+        let mut sh = Shadow::new(len);
+        let st = &mut sh.segs[0].state;
+        if whole.write.pos != 0 {
+            st.writes.push(whole.write);
+        }
+        st.reads = whole.reads;
+        sh
+    }
+}
+
 impl Shadow {
     pub fn new(len: u64) -> Self {
         let mut segs = SmallVec::new();

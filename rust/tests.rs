@@ -520,3 +520,45 @@ fn timing_million_live() {
         );
     }
 }
+
+/// A development probe, not a check: replays the bench_engine traces dumped as raw
+/// little-endian int64 rows to `$ESPER_TRACE_DIR/{small,large}_{prefill,work}.bin`
+/// (`cargo test --release timing_bulk_trace -- --ignored --nocapture`); prints ns/event.
+#[test]
+#[ignore]
+fn timing_bulk_trace() {
+    let Ok(dir) = std::env::var("ESPER_TRACE_DIR") else {
+        eprintln!("set ESPER_TRACE_DIR");
+        return;
+    };
+    let load = |name: &str| -> Vec<[i64; 4]> {
+        let bytes = std::fs::read(format!("{dir}/{name}.bin")).unwrap();
+        bytes
+            .chunks_exact(32)
+            .map(|r| {
+                let c = |i: usize| i64::from_le_bytes(r[i * 8..i * 8 + 8].try_into().unwrap());
+                [c(0), c(1), c(2), c(3)]
+            })
+            .collect()
+    };
+    let names = std::env::var("ESPER_TRACE_NAMES").unwrap_or("small,large".into());
+    for _ in 0..3 {
+        for name in names.split(',') {
+            let (prefill, work) = (
+                load(&format!("{name}_prefill")),
+                load(&format!("{name}_work")),
+            );
+            let mut e = Engine::new();
+            e.apply_rows(prefill.iter().copied()).unwrap();
+            let ns = timed_rows(&mut e, &work);
+            eprintln!("{name}: {ns:.1} ns/event, {} hazards", e.hazards().len());
+        }
+    }
+}
+
+#[inline(never)]
+fn timed_rows(e: &mut Engine, work: &[[i64; 4]]) -> f64 {
+    let t = std::time::Instant::now();
+    e.apply_rows(work.iter().copied()).unwrap();
+    t.elapsed().as_nanos() as f64 / work.len() as f64
+}

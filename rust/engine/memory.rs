@@ -20,16 +20,22 @@ impl Engine {
     /// a base pointer (the hot path), the ordered map for an interior one.
     #[inline]
     pub(super) fn find(&self, ptr: u64) -> Option<(u64, u64)> {
-        if let Some(st) = self.storages.get(&ptr) {
+        if let Some(st) = self.storages.get(ptr) {
             return Some((ptr, st.nbytes));
         }
         let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
         (ptr < end).then_some((base, end - base))
     }
 
+    /// A hint: the slot of the storage based at `ptr` (if any) is needed soon.
+    #[inline]
+    pub(crate) fn prefetch_storage(&self, ptr: u64) {
+        self.storages.prefetch(ptr);
+    }
+
     #[inline]
     pub(super) fn storage(&self, base: u64) -> &Storage {
-        self.storages.get(&base).expect("live storage")
+        self.storages.get(base).expect("live storage")
     }
 
     pub fn storage_at(&self, ptr: u64) -> Option<(u64, u64, Handle)> {
@@ -62,17 +68,14 @@ impl Engine {
         site: SiteId,
         alloc_pos: u64,
     ) {
-        let storage = Storage {
+        self.storages.insert(Storage {
             base: ptr,
             nbytes: end - ptr,
             alloc_stream: s,
             alloc_site: site,
             alloc_pos,
-            recorded: SmallVec::new(),
-            uses: SmallVec::new(),
-            shadow: Shadow::new(end - ptr),
-        };
-        self.storages.insert(ptr, storage);
+            ..Storage::empty()
+        });
         self.by_addr.insert(ptr, end);
     }
 
@@ -283,16 +286,19 @@ impl Engine {
         let mut unwaited: Option<(StreamIx, u64)> = None;
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
-            let st = storages.get_mut(&base).expect("live storage");
+            let st = storages.get_mut(base).expect("live storage");
             let clock = &streams[s.ix()].clock;
-            st.shadow.access(
-                ptr - base,
-                end - base,
-                cur,
-                write,
-                |u, p| clock.covers(u, p) || host.covers(u, p),
-                &mut conflicts,
-            );
+            let ordered = |u, p| clock.covers(u, p) || host.covers(u, p);
+            let (a, b) = (ptr - base, end - base);
+            if let Some(sh) = st.cold.as_mut().and_then(|c| c.split.as_mut()) {
+                sh.access(a, b, cur, write, ordered, &mut conflicts);
+            } else if a == 0 && b == st.nbytes {
+                st.shadow.access(cur, write, ordered, &mut conflicts);
+            } else {
+                let mut sh = st.shadow.split(st.nbytes);
+                sh.access(a, b, cur, write, ordered, &mut conflicts);
+                st.cold().split = Some(sh);
+            }
             if s != st.alloc_stream {
                 let ix = match st.uses.iter().position(|u| u.stream == s) {
                     Some(i) => {
@@ -303,18 +309,18 @@ impl Engine {
                     None => {
                         st.uses.push(Use {
                             stream: s,
-                            pos,
                             site,
-                            after_alloc: false,
+                            pos,
                         });
                         st.uses.len() - 1
                     }
                 };
-                let u = &mut st.uses[ix];
-                if !u.after_alloc {
+                // 0 past the 32nd use: not remembered, checked again next time
+                let bit = 1u32.checked_shl(ix as u32).unwrap_or(0);
+                if bit == 0 || st.after_alloc & bit == 0 {
                     let (a, a0) = (st.alloc_stream, st.alloc_pos);
                     if a0 == 0 || clock.covers(a, a0) || host.covers(a, a0) {
-                        u.after_alloc = true;
+                        st.after_alloc |= bit;
                     } else if !conflicts.iter().any(|c| c.stream == a) {
                         unwaited = Some((a, a0));
                     }
@@ -393,10 +399,10 @@ impl Engine {
         };
         self.processed += 1;
         let s = self.stream(stream);
-        let st = self.storages.get_mut(&base).expect("live storage");
-        let redundant = s == st.alloc_stream || st.recorded.iter().any(|&(r, _)| r == s);
+        let st = self.storages.get_mut(base).expect("live storage");
+        let redundant = s == st.alloc_stream || st.recorded().iter().any(|&(r, _)| r == s);
         if !redundant {
-            st.recorded.push((s, site));
+            st.cold().recorded.push((s, site));
             return Ok(());
         }
         let mut h = Hazard::new(Kind::RedundantRecordStream, st.base, st.nbytes);
@@ -409,7 +415,7 @@ impl Engine {
     }
 
     pub fn free(&mut self, ptr: u64, site: SiteId) -> Result<()> {
-        let Some(st) = self.storages.remove(&ptr) else {
+        let Some(st) = self.storages.remove(ptr) else {
             return Err(match self.find(ptr) {
                 Some((base, _)) => EngineError::InteriorFree { ptr, base },
                 None => EngineError::UnknownFree { ptr },
@@ -422,7 +428,7 @@ impl Engine {
         let uncovered: SmallVec<[Use; 2]> = st
             .uses
             .iter()
-            .filter(|u| !st.recorded.iter().any(|&(r, _)| r == u.stream) && !self.covered(a, u))
+            .filter(|u| !st.recorded().iter().any(|&(r, _)| r == u.stream) && !self.covered(a, u))
             .copied()
             .collect();
         if st.uses.iter().all(|u| self.covered(a, u)) {
@@ -433,7 +439,7 @@ impl Engine {
                 st.nbytes,
                 st.alloc_site,
                 site,
-                &st.recorded,
+                st.recorded(),
                 &st.uses,
                 None,
             );
@@ -446,7 +452,7 @@ impl Engine {
                 nbytes: st.nbytes,
                 alloc_site: st.alloc_site,
                 free_site: site,
-                recorded: st.recorded,
+                recorded: st.cold.map(|c| c.recorded).unwrap_or_default(),
                 uses: st.uses,
             });
         }

@@ -10,13 +10,14 @@
 mod host;
 mod memory;
 mod order;
+mod table;
 
 use crate::clock::{Clock, StreamIx};
 use crate::error::EngineError;
 use crate::error::Result;
 use crate::hashing::MixMap;
 use crate::hazard::{DedupKey, Hazard, Kind};
-use crate::shadow::{Access, Conflicts, Shadow};
+use crate::shadow::{Access, Conflicts, Shadow, Whole};
 use crate::sites::{SiteId, Sites};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashSet};
@@ -46,26 +47,69 @@ struct Event {
 #[derive(Clone, Copy, Debug)]
 struct Use {
     stream: StreamIx,
-    pos: u64,
     site: SiteId,
-    /// This stream is known ordered after the storage's allocation position (checked
-    /// once; clocks only grow, so it stays true).
-    after_alloc: bool,
+    pos: u64,
 }
 
+/// Uses of a storage: one inline (most storages are used by at most one other stream).
+type Uses = SmallVec<[Use; 1]>;
+/// Streams given to record_stream, with the site of that call.
+type Recorded = SmallVec<[(StreamIx, SiteId); 2]>;
+
+/// A live storage: one 128-byte slot of `Storages` holding what an access touches
+/// (the rest, rarely there, behind `cold`). `tests::storage_slot_is_two_cache_lines`
+/// checks the size.
+#[repr(align(64))]
 struct Storage {
+    /// The key (`table::EMPTY` in a free slot).
     base: u64,
     nbytes: u64,
-    alloc_stream: StreamIx,
-    alloc_site: SiteId,
     /// The allocation stream's position at the allocation (0: nothing to wait for, or an
     /// adopted storage whose allocation was not seen).
     alloc_pos: u64,
-    /// Streams given to record_stream, with the site of that call.
-    recorded: SmallVec<[(StreamIx, SiteId); 2]>,
+    alloc_stream: StreamIx,
+    alloc_site: SiteId,
+    /// Bit i: the stream of `uses[i]` is known ordered after the allocation position
+    /// (checked once; clocks only grow, so it stays true). Uses past the 32nd are
+    /// checked every time, with the same result.
+    after_alloc: u32,
     /// Latest use per stream other than the allocation stream, in first-use order.
-    uses: SmallVec<[Use; 2]>,
-    shadow: Shadow,
+    uses: Uses,
+    /// The shadow state while the storage was only ever accessed whole.
+    shadow: Whole,
+    cold: Option<Box<Cold>>,
+}
+
+/// What few storages have: record_stream calls, a shadow split by partial accesses.
+#[derive(Default)]
+struct Cold {
+    recorded: Recorded,
+    /// Set by the first partial access; `Storage::shadow` is unused from then on.
+    split: Option<Shadow>,
+}
+
+impl Storage {
+    fn empty() -> Self {
+        Storage {
+            base: table::EMPTY,
+            nbytes: 0,
+            alloc_pos: 0,
+            alloc_stream: StreamIx(0),
+            alloc_site: 0,
+            after_alloc: 0,
+            uses: Uses::new(),
+            shadow: Whole::default(),
+            cold: None,
+        }
+    }
+
+    fn recorded(&self) -> &[(StreamIx, SiteId)] {
+        self.cold.as_ref().map_or(&[], |c| &c.recorded)
+    }
+
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
 }
 
 /// A free whose verdict waits for the next allocation on its allocation stream.
@@ -75,8 +119,8 @@ struct Pending {
     nbytes: u64,
     alloc_site: SiteId,
     free_site: SiteId,
-    recorded: SmallVec<[(StreamIx, SiteId); 2]>,
-    uses: SmallVec<[Use; 2]>,
+    recorded: Recorded,
+    uses: Uses,
 }
 
 /// The allocation that triggered a verdict: (ptr, nbytes, stream, site).
@@ -149,8 +193,8 @@ pub struct Engine {
     last_stream: (Handle, StreamIx),
     events: MixMap<Handle, Event>,
     host: Clock,
-    /// Live storages by base pointer (the hot path: one hash probe reaches the state).
-    storages: MixMap<u64, Storage>,
+    /// Live storages by base pointer (the hot path: one probe reaches the state).
+    storages: table::Storages,
     /// Base -> end of every live storage, for interior pointers and overlap checks.
     by_addr: BTreeMap<u64, u64>,
     tombs: BTreeMap<u64, Tomb>,
@@ -187,7 +231,7 @@ impl Engine {
             last_stream: (Handle::MIN, StreamIx(0)),
             events: MixMap::default(),
             host: Clock::default(),
-            storages: MixMap::default(),
+            storages: table::Storages::default(),
             by_addr: BTreeMap::new(),
             tombs: BTreeMap::new(),
             tomb_prune_at: 1024,
@@ -287,5 +331,51 @@ impl Engine {
             hazards: self.hazards.len(),
             events_processed: self.processed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout the hot path relies on: a slot is two cache lines, line-aligned.
+    #[test]
+    fn storage_slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Storage>(), 128);
+        assert_eq!(std::mem::align_of::<Storage>(), 64);
+        assert_eq!(std::mem::size_of::<Use>(), 16);
+    }
+
+    #[test]
+    fn storages_table_finds_every_key_through_growth_and_removal() {
+        let mut t = table::Storages::default();
+        let key = |i: u64| 0x7f00_0000_0000 + i * 512;
+        let mut live = std::collections::BTreeSet::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = x % 5_000;
+            if live.contains(&i) && step % 3 != 0 {
+                let st = t.remove(key(i)).expect("live key");
+                assert_eq!((st.base, st.nbytes), (key(i), i + 1));
+                live.remove(&i);
+            } else if !live.contains(&i) {
+                let mut st = Storage::empty();
+                st.base = key(i);
+                st.nbytes = i + 1;
+                t.insert(st);
+                live.insert(i);
+            }
+            if step % 10_000 == 0 {
+                for i in 0..5_000 {
+                    let got = t.get(key(i)).map(|s| s.nbytes);
+                    assert_eq!(got, live.contains(&i).then_some(i + 1), "key {i}");
+                }
+            }
+        }
+        assert_eq!(t.len(), live.len());
+        assert!(t.get(table::EMPTY).is_none() && t.remove(table::EMPTY).is_none());
     }
 }
