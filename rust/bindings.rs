@@ -67,8 +67,35 @@ fn not_bool(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// The value of an exact `int` that fits in an i64, read with `PyLong_AsLong` (a
+/// loop over its digits); `None` for anything else (a subclass such as bool, numpy
+/// scalars, or a value out of range), which takes the general path. The general path
+/// reads multi-digit ints through `_PyLong_AsByteArray` (CPython 3.11): pointers and
+/// stream handles are multi-digit, and that was the largest part of `launch`'s cost.
+#[inline]
+fn fast_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
+    let p = obj.as_ptr();
+    // SAFETY: `p` is a live object (borrowed for the call); PyLong_AsLong on an exact
+    // int only fails by overflow, whose error is cleared here (the GIL is held)
+    unsafe {
+        if pyo3::ffi::PyLong_CheckExact(p) == 0 {
+            return None;
+        }
+        let v = pyo3::ffi::PyLong_AsLong(p);
+        if v == -1 && !pyo3::ffi::PyErr_Occurred().is_null() {
+            pyo3::ffi::PyErr_Clear();
+            return None;
+        }
+        #[allow(clippy::useless_conversion)] // c_long is 32 bits on Windows
+        Some(i64::from(v))
+    }
+}
+
 #[inline]
 fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    if let Some(v) = fast_i64(obj).filter(|&v| v >= 0) {
+        return Ok(v as u64);
+    }
     match obj.extract::<u64>() {
         Ok(v) => not_bool(obj, what).map(|()| v),
         Err(_) => Err(InvalidArgumentError::new_err(
@@ -86,6 +113,9 @@ fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
 
 #[inline]
 fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Some(v) = fast_i64(obj).filter(|&v| v > 0) {
+        return Ok(v as u64);
+    }
     match obj.extract::<i64>() {
         Ok(v) if v > 0 && !obj.is_instance_of::<PyBool>() => Ok(v as u64),
         _ => Err(InvalidArgumentError::new_err(format!(
@@ -97,6 +127,9 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
 
 #[inline]
 fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
+    if let Some(v) = fast_i64(obj) {
+        return Ok(Handle::from(v));
+    }
     if let Ok(v) = obj.extract::<i64>() {
         not_bool(obj, what)?;
         return Ok(Handle::from(v));
@@ -137,22 +170,25 @@ fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     }
 }
 
-type Ranges = SmallVec<[(u64, u64); 8]>;
+/// The ranges of one launch, reads then writes (filled in place: no copies of the
+/// buffer on the hot path).
+type Ranges = SmallVec<[(u64, u64); 16]>;
 
-/// A flat sequence `[ptr0, nbytes0, ptr1, nbytes1, ...]` (tuple or list) as ranges.
-fn ranges_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ranges> {
+/// Appends the flat sequence `[ptr0, nbytes0, ptr1, nbytes1, ...]` (tuple or list) to
+/// `out` as ranges.
+fn ranges_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Ranges) -> PyResult<()> {
     let odd = |n: usize| {
         InvalidArgumentError::new_err(format!(
             "{what} must hold (ptr, nbytes) pairs flattened, got {n} items"
         ))
     };
-    let mut out = Ranges::new();
     if let Ok(t) = obj.cast::<PyTuple>() {
         // borrowed items: no reference counting per int on the hot path
         let n = t.len();
         if !n.is_multiple_of(2) {
             return Err(odd(n));
         }
+        out.reserve(n / 2);
         for i in (0..n).step_by(2) {
             let (p, b) = (t.get_borrowed_item(i)?, t.get_borrowed_item(i + 1)?);
             out.push((ptr_arg(&p, "ptr")?, size_arg(&b)?));
@@ -172,7 +208,17 @@ fn ranges_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Ranges> {
             describe(obj)
         )));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A launch's `reads` and `writes` in one buffer, and where the writes start.
+#[inline]
+fn launch_ranges(reads: &Bound<'_, PyAny>, writes: &Bound<'_, PyAny>) -> PyResult<(Ranges, usize)> {
+    let mut ranges = Ranges::new();
+    ranges_into(reads, "reads", &mut ranges)?;
+    let n = ranges.len();
+    ranges_into(writes, "writes", &mut ranges)?;
+    Ok((ranges, n))
 }
 
 // ----- arguments: one conversion per kind of value ----------------------------------
@@ -203,8 +249,6 @@ names! {
     WriteN = "write";
     CompleteN = "complete";
     VirtualN = "virtual";
-    ReadsN = "reads";
-    WritesN = "writes";
 }
 
 /// A pointer: an int in `[0, 2**64)`.
@@ -215,8 +259,6 @@ struct Size(u64);
 struct H<N>(Handle, PhantomData<N>);
 /// A flag: a bool.
 struct Flag<N>(bool, PhantomData<N>);
-/// Flattened `(ptr, nbytes)` pairs.
-struct RangesArg<N>(Ranges, PhantomData<N>);
 /// `None`, a site string, or an id from `intern()`.
 type Site<'a, 'py> = Option<&'a Bound<'py, PyAny>>;
 
@@ -251,13 +293,6 @@ impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for Flag<N> {
     type Error = PyErr;
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         flag_arg(&obj, N::NAME).map(|v| Flag(v, PhantomData))
-    }
-}
-
-impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for RangesArg<N> {
-    type Error = PyErr;
-    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        ranges_arg(&obj, N::NAME).map(|v| RangesArg(v, PhantomData))
     }
 }
 
@@ -362,11 +397,13 @@ impl Engine {
     fn launch(
         &self,
         stream: H<StreamN>,
-        reads: RangesArg<ReadsN>,
-        writes: RangesArg<WritesN>,
+        reads: &Bound<'_, PyAny>,
+        writes: &Bound<'_, PyAny>,
         site: Site<'_, '_>,
     ) -> PyResult<()> {
-        self.with_site(site, |c, id| c.launch(stream.0, &reads.0, &writes.0, id))
+        let (ranges, n) = launch_ranges(reads, writes)?;
+        let (r, w) = ranges.split_at(n);
+        self.with_site(site, |c, id| c.launch(stream.0, r, w, id))
     }
 
     /// The floor of `launch` for benchmarks: the same argument checks, no engine work.
@@ -374,11 +411,13 @@ impl Engine {
     fn _noop_launch(
         &self,
         stream: H<StreamN>,
-        reads: RangesArg<ReadsN>,
-        writes: RangesArg<WritesN>,
+        reads: &Bound<'_, PyAny>,
+        writes: &Bound<'_, PyAny>,
         site: Site<'_, '_>,
-    ) {
-        let _ = (stream, reads, writes, site);
+    ) -> PyResult<()> {
+        let ranges = launch_ranges(reads, writes)?;
+        let _ = (stream, ranges, site);
+        Ok(())
     }
 
     /// `Tensor.record_stream(stream)` on the storage containing `ptr`.
