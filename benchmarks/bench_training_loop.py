@@ -352,7 +352,11 @@ def ablation_support() -> str | None:
     try:
         from esper_lifetimes import always_on_tracker, patches
 
-        for fn in (always_on_tracker.install_item_hook, always_on_tracker.remove_item_hook, patches.install):
+        for fn in (
+            always_on_tracker.install_item_hook,
+            always_on_tracker.remove_item_hook,
+            patches.install,
+        ):
             assert callable(fn)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
