@@ -352,9 +352,10 @@ class AlwaysOnTracker(Tracker):
             if t.is_cpu:
                 if not self._cpu_device:
                     return  # host memory: no stream synchronized, no barrier
-                st = t.untyped_storage()
-                if id(st) in _host_marks or (memory.emulating and memory.emu_host(st)):
-                    return
+                if _host_marks or memory.emulating:  # else no CPU storage is host memory
+                    st = t.untyped_storage()
+                    if id(st) in _host_marks or memory.emu_host(st):
+                        return
                 vs = _vstate.stream
                 h = (vs if vs is not None else _VDEFAULT).handle  # memory.vcurrent()
             elif t.is_cuda:
