@@ -172,8 +172,9 @@ impl Engine {
     /// every row before it applied and the bad row not.
     ///
     /// Rows are taken in blocks; while one is applied, the storage slot of the row
-    /// `AHEAD` rows later is prefetched, so with many live storages the memory misses of
-    /// successive rows overlap instead of adding up.
+    /// `AHEAD` rows later is prefetched (when the table is larger than the caches), so
+    /// with many live storages the memory misses of successive rows overlap instead of
+    /// adding up.
     pub fn apply_rows(&mut self, mut rows: impl Iterator<Item = [i64; 4]>) -> Result<usize> {
         const BLOCK: usize = 64;
         const AHEAD: usize = 8;
@@ -185,8 +186,11 @@ impl Engine {
                 *slot = row;
                 len += 1;
             }
+            // a table that fits in the caches gains nothing from prefetches
+            let ahead = if self.storages_in_cache() { 0 } else { AHEAD };
             for i in 0..len {
-                if let Some(&[op, a, ..]) = block.get(i + AHEAD).filter(|_| i + AHEAD < len) {
+                if ahead > 0 && i + ahead < len {
+                    let [op, a, ..] = block[i + ahead];
                     // accesses, frees and record_stream name a storage by pointer
                     if matches!(op, 1..=4) {
                         self.prefetch_storage(a as u64);

@@ -20,17 +20,33 @@ impl Engine {
     /// a base pointer (the hot path), the ordered map for an interior one.
     #[inline]
     pub(super) fn find(&self, ptr: u64) -> Option<(u64, u64)> {
-        if let Some(st) = self.storages.get(ptr) {
-            return Some((ptr, st.nbytes));
+        self.locate(ptr).map(|(_, base, len)| (base, len))
+    }
+
+    /// `(slot, base, nbytes)`: `find` with the storage's slot in the table.
+    #[inline]
+    pub(super) fn locate(&self, ptr: u64) -> Option<(usize, u64, u64)> {
+        if let Some(i) = self.storages.index_of(ptr) {
+            return Some((i, ptr, self.storages.at(i).nbytes));
         }
         let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
-        (ptr < end).then_some((base, end - base))
+        if ptr >= end {
+            return None;
+        }
+        let i = self.storages.index_of(base).expect("live storage");
+        Some((i, base, end - base))
     }
 
     /// A hint: the slot of the storage based at `ptr` (if any) is needed soon.
     #[inline]
     pub(crate) fn prefetch_storage(&self, ptr: u64) {
         self.storages.prefetch(ptr);
+    }
+
+    /// Is the storage table small enough (1 MiB: an L2 cache) to stay in cache?
+    #[inline]
+    pub(crate) fn storages_in_cache(&self) -> bool {
+        self.storages.bytes() <= 1 << 20
     }
 
     #[inline]
@@ -268,7 +284,7 @@ impl Engine {
     pub(super) fn apply_access(
         &mut self,
         ptr: u64,
-        (base, len, end): Checked,
+        (slot, base, len, end): Checked,
         stream: Handle,
         write: bool,
         site: SiteId,
@@ -286,7 +302,8 @@ impl Engine {
         let mut unwaited: Option<(StreamIx, u64)> = None;
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
-            let st = storages.get_mut(base).expect("live storage");
+            let st = storages.at_mut(slot);
+            debug_assert_eq!(st.base, base);
             let clock = &streams[s.ix()].clock;
             let ordered = |u, p| clock.covers(u, p) || host.covers(u, p);
             let (a, b) = (ptr - base, end - base);
@@ -379,7 +396,7 @@ impl Engine {
     #[inline]
     pub(super) fn check_access(&self, ptr: u64, nbytes: u64) -> Result<Checked> {
         let end = Self::check_size(nbytes, ptr)?;
-        let Some((base, len)) = self.find(ptr) else {
+        let Some((slot, base, len)) = self.locate(ptr) else {
             return Err(EngineError::Outside { ptr, nbytes });
         };
         if end > base + len {
@@ -390,7 +407,7 @@ impl Engine {
                 len,
             });
         }
-        Ok((base, len, end))
+        Ok((slot, base, len, end))
     }
 
     pub fn record_stream(&mut self, ptr: u64, stream: Handle, site: SiteId) -> Result<()> {

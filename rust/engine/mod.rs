@@ -179,8 +179,9 @@ impl Stats {
     }
 }
 
-/// A validated access: the storage's base and length, and the access's end.
-type Checked = (u64, u64, u64);
+/// A validated access: the storage's slot in the table (valid until a storage is added
+/// or removed), base and length, and the access's end.
+type Checked = (usize, u64, u64, u64);
 
 /// Most freed ranges kept for reuse checks; past this the lowest addresses are dropped
 /// (their `unsynced-free` was already reported; only a later `reuse-race` is lost).

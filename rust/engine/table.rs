@@ -47,6 +47,12 @@ impl Storages {
         self.len
     }
 
+    /// The table's size in memory.
+    #[inline]
+    pub(super) fn bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Storage>()
+    }
+
     #[inline]
     fn home(&self, base: u64) -> usize {
         (mix(base) as usize) & self.mask
@@ -86,6 +92,26 @@ impl Storages {
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// The slot index of the storage based at `base`: valid until the next insert or
+    /// removal.
+    #[inline]
+    pub(super) fn index_of(&self, base: u64) -> Option<usize> {
+        if base == EMPTY {
+            return None;
+        }
+        self.slot(base)
+    }
+
+    #[inline]
+    pub(super) fn at(&self, i: usize) -> &Storage {
+        &self.slots[i]
+    }
+
+    #[inline]
+    pub(super) fn at_mut(&mut self, i: usize) -> &mut Storage {
+        &mut self.slots[i]
     }
 
     #[inline]
