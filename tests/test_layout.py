@@ -90,3 +90,66 @@ def test_the_checker_finds_a_private_read(tmp_path):
         "esper_lifetimes.probe:3: from esper_lifetimes.sites import _getframe",
         "esper_lifetimes.probe:4: esper_lifetimes.patches._live",
     ]
+
+
+_PATCHED_ROOTS = ("torch", "threading")
+
+
+def _patches_of_torch(path: pathlib.Path) -> list[str]:
+    """Assignments to attributes of torch or threading (or of names imported from them),
+    and ``setattr``/``delattr`` calls whose first argument is one."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in _PATCHED_ROOTS:
+                    roots.add(a.asname or a.name.split(".")[0])
+        elif (
+            isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PATCHED_ROOTS
+        ):
+            roots.update(a.asname or a.name for a in node.names)
+
+    def rooted(e: ast.expr) -> bool:
+        while isinstance(e, ast.Attribute):
+            e = e.value
+        return isinstance(e, ast.Name) and e.id in roots
+
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for tg in targets:
+            if isinstance(tg, ast.Attribute) and rooted(tg.value):
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(tg)} = ...")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("setattr", "delattr")
+            and node.args
+            and rooted(node.args[0])
+        ):
+            found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_torch_is_patched_only_in_patches_py():
+    # every other module hands patches.py its wrappers (the patch table, a PatchSet)
+    found = []
+    for name, path in MODULES.items():
+        if name != "esper_lifetimes.patches":
+            found += _patches_of_torch(path)
+    assert not found, "\n".join(found)
+
+
+def test_the_patch_checker_finds_a_patch(tmp_path):
+    p = tmp_path / "probe.py"
+    p.write_text(
+        "import torch\nimport threading as th\nfrom torch import Tensor\n"
+        "torch.compile = None\nth.Thread.start = None\nsetattr(Tensor, 'item', None)\n"
+        "x = object()\nx.attr = 1\n"
+    )
+    assert len(_patches_of_torch(p)) == 3

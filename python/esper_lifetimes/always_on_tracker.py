@@ -438,20 +438,23 @@ _item.__doc__ = _torch_item.__doc__
 _item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
 
 
-# The tracker whose thread the hook reports (the one started last).
+# The tracker whose thread the hook reports (the one started last), and the patch.
 _started: AlwaysOnTracker | None = None
+_item_patch: patches.PatchSet | None = None
 
 
 def install_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
     """Reports ``Tensor.item()`` to ``tracker`` (benchmarks install it alone, with None)."""
-    global _started
+    global _started, _item_patch
     _started = tracker
-    torch.Tensor.item = _item  # type: ignore[method-assign]
+    if _item_patch is None:
+        _item_patch = patches.PatchSet().apply([(torch.Tensor, "item", _item)])
 
 
 def remove_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
-    global _started
+    global _started, _item_patch
     if _started is tracker:
         _started = None
-    if torch.Tensor.item is _item:
-        torch.Tensor.item = _torch_item  # type: ignore[method-assign]
+    ps, _item_patch = _item_patch, None
+    if ps is not None:
+        ps.restore()

@@ -1042,15 +1042,6 @@ def _exit_thread() -> None:
 # ---------------------------------------------------------------------------------------
 # Patches of the torch API (process-wide; inert outside emulation, restored exactly)
 
-_MISSING = object()
-
-
-class _Patch:
-    __slots__ = ("owner", "name", "before", "installed")
-
-    def __init__(self, owner: Any, name: str, before: Any, installed: Any) -> None:
-        self.owner, self.name, self.before, self.installed = owner, name, before, installed
-
 
 def _switch(orig: Any, emu: Callable[..., Any]) -> Callable[..., Any]:
     """``emu`` while emulating, ``orig`` otherwise (a wrapper left behind is inert)."""
@@ -1352,44 +1343,18 @@ def _patch_specs(em: _Emulation) -> list[tuple[Any, str, Any]]:  # noqa: C901
     return specs
 
 
-def _install(em: _Emulation) -> list[_Patch]:
-    done: list[_Patch] = []
-    try:
-        for owner, name, emu in _patch_specs(em):
-            before = owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else _MISSING
-            current = getattr(owner, name, None)
-            if isinstance(emu, type) or current is None or not callable(current):
-                value = emu  # a class, or something torch lacks: replaced while emulating
-            else:
-                value = _switch(current, emu)
-            setattr(owner, name, value)
-            done.append(_Patch(owner, name, before, value))
-    except BaseException:
-        _uninstall(done)
-        raise
-    return done
-
-
-def _uninstall(done: list[_Patch]) -> None:
-    for p in reversed(done):
-        cur = p.owner.__dict__.get(p.name, _MISSING)
-        if cur is p.installed:
-            if p.before is _MISSING:
-                try:
-                    delattr(p.owner, p.name)
-                except AttributeError:  # pragma: no cover
-                    pass
-            else:
-                setattr(p.owner, p.name, p.before)
+def _install(em: _Emulation) -> patches.PatchSet:
+    """Installs the emulation's patches (patches.PatchSet: restored exactly, also under a
+    tracker's patches installed meanwhile)."""
+    specs = []
+    for owner, name, emu in _patch_specs(em):
+        current = getattr(owner, name, None)
+        if isinstance(emu, type) or current is None or not callable(current):
+            value = emu  # a class, or something torch lacks: replaced while emulating
         else:
-            # Someone wrapped the patch since (a tracker's patches installed during
-            # emulation): the switch is inert now; their restore must bring back the
-            # original, not the switch.
-            before = patches.MISSING if p.before is _MISSING else p.before
-            patches.replace_original(p.owner, p.name, p.installed, before)
-            if p.before is not _MISSING:
-                # a tracked region's own wrappers (torch.compile, Thread.start)
-                follow.replace_original(p.owner, p.name, p.installed, p.before)
+            value = _switch(current, emu)
+        specs.append((owner, name, value))
+    return patches.PatchSet().apply(specs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1429,7 +1394,7 @@ class _Emulation:
         self.strict = strict
         self.total_memory = total_memory
         self.count = 0
-        self.patches: list[_Patch] = []
+        self.patches: patches.PatchSet | None = None
         self.saved: dict[str, Any] = {}
 
 
@@ -1565,14 +1530,12 @@ def _make_compile(orig: Callable[..., Any]) -> Callable[..., Any]:
 def _stop_emulation(em: _Emulation) -> None:
     memory.set_emulating(False)
     if "stance" in em.saved:
-        import torch._dynamo.eval_frame as ef
-
         ours, prev = em.saved.get("our_stance"), em.saved["stance"]
         follow.replace_stance(ours, prev)  # a region entered inside emulation restores prev
-        if ef._stance is ours:
-            ef._stance = prev
-    _uninstall(em.patches)
-    em.patches = []
+        patches.restore_dynamo_stance(prev, only_if=ours)
+    if em.patches is not None:
+        em.patches.restore()
+    em.patches = None
     virtual.DEFAULT.name = em.saved.get("default_name", "default")
     virtual.DEFAULT.__class__ = virtual.Stream
     _defaults.clear()

@@ -28,6 +28,8 @@ import torch
 
 __all__ = [
     "Watcher",
+    "PatchSet",
+    "replace_original",
     "active",
     "push",
     "pop",
@@ -498,15 +500,94 @@ def uninstall() -> None:
             _heal_locked()
 
 
+class PatchSet:
+    """Attributes of torch (or of ``threading``) replaced together and restored exactly:
+    the one way this package patches anything besides the table above. CUDA emulation,
+    a region's thread and ``torch.compile`` followers and the always-on ``.item()`` hook
+    each hold one.
+
+    :meth:`apply` sets each ``(owner, name, value)`` and remembers what the owner's own
+    ``__dict__`` held; :meth:`restore` puts that back where the attribute still holds
+    ``value``. Where another patch covers it meanwhile, that patch stays, and whoever
+    installed it (the patch table above or another set) restores the original instead of
+    ``value`` when its turn comes (:func:`replace_original`).
+    """
+
+    __slots__ = ("entries", "__weakref__")
+
+    def __init__(self) -> None:
+        # (owner, name, what owner.__dict__ held before or MISSING, the value installed)
+        self.entries: list[tuple[Any, str, Any, Any]] = []
+
+    def apply(self, specs: Sequence[tuple[Any, str, Any]]) -> PatchSet:
+        """Installs every ``(owner, name, value)``; on a failure, undoes those done."""
+        try:
+            for owner, name, value in specs:
+                d = getattr(owner, "__dict__", None)
+                before = d.get(name, MISSING) if d is not None else MISSING
+                setattr(owner, name, value)
+                self.entries.append((owner, name, before, value))
+        except BaseException:
+            self.restore()
+            raise
+        with _install_lock:
+            _sets.add(self)
+        return self
+
+    def restore(self) -> None:
+        """Undoes :meth:`apply` (a second call does nothing)."""
+        entries, self.entries = self.entries, []
+        with _install_lock:
+            _sets.discard(self)
+        for owner, name, before, value in reversed(entries):
+            d = getattr(owner, "__dict__", None)
+            cur = d.get(name, MISSING) if d is not None else MISSING
+            if cur is value:
+                _put_back(owner, name, before)
+            else:
+                replace_original(owner, name, value, before)
+
+    def original(self, owner: Any, name: str) -> Any:
+        """What ``owner.name`` was before this set (MISSING: inherited, or none)."""
+        for o, n, before, _v in self.entries:
+            if o is owner and n == name:
+                return before
+        return MISSING
+
+
+_sets: weakref.WeakSet[PatchSet] = weakref.WeakSet()
+
+
 def replace_original(owner: Any, name: str, installed: Any, before: Any) -> None:
-    """Another patcher (CUDA emulation) undoes its patch ``installed`` of ``owner.name``
-    while ours covers it: what ours restores later is ``before`` (:data:`MISSING`: no
-    attribute of the owner's own), not ``installed``."""
+    """A patch ``installed`` of ``owner.name`` is undone while another patch covers it:
+    what the covering patch restores later is ``before`` (:data:`MISSING`: no attribute
+    of the owner's own), not ``installed``."""
     with _install_lock:
         for saved in (_saved, _stale):
             for i, (o, n, own, ours) in enumerate(saved):
                 if o is owner and n == name and own is installed:
                     saved[i] = (o, n, before, ours)
+        for ps in list(_sets):
+            es = ps.entries
+            for i, (o, n, own, value) in enumerate(es):
+                if o is owner and n == name and own is installed:
+                    es[i] = (o, n, before, value)
+
+
+def dynamo_stance() -> Any:
+    """Dynamo's current stance object (None when dynamo is not loaded)."""
+    ef = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(ef, "_stance", None) if ef is not None else None
+
+
+def restore_dynamo_stance(stance: Any, only_if: Any = MISSING) -> None:
+    """Puts back a stance saved by :func:`dynamo_stance` (``torch.compiler.set_stance``
+    takes names, not the saved object); with ``only_if``, only while that one is set."""
+    ef = sys.modules.get("torch._dynamo.eval_frame")
+    if ef is None or stance is None:
+        return
+    if only_if is MISSING or ef._stance is only_if:
+        ef._stance = stance
 
 
 def signal_pending() -> bool:

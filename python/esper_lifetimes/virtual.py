@@ -446,4 +446,6 @@ def _record_stream(self: torch.Tensor, stream: Any) -> None:
 _record_stream.__doc__ = _torch_record_stream.__doc__
 _record_stream.__wrapped__ = _torch_record_stream  # type: ignore[attr-defined]
 if not hasattr(torch.Tensor.record_stream, "__wrapped__"):
-    torch.Tensor.record_stream = _record_stream  # type: ignore[method-assign]
+    _record_stream_patch = patches.PatchSet().apply(
+        [(torch.Tensor, "record_stream", _record_stream)]
+    )

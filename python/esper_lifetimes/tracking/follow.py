@@ -2,10 +2,8 @@
 compiled code and CUDA graph replays.
 
 Both are process-wide patches (``threading.Thread.start``, ``torch.compile``, dynamo's
-stance, ``CUDAGraph.replay``), installed while any region is attached and restored when
-the last one detaches; they are this package's only patches of torch, beside
-:mod:`esper_lifetimes.patches`, because their lifetime is the regions', not the patch
-table's.
+stance hook, ``CUDAGraph.replay``), made through :class:`esper_lifetimes.patches.PatchSet`
+while any region is attached and restored exactly when the last one detaches.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from esper_lifetimes.tracking.dispatch import Mode
 if TYPE_CHECKING:
     from esper_lifetimes.tracking.tracker import Tracker
 
-__all__ = ["follow_threads", "follow_compiled", "replace_original"]
+__all__ = ["follow_threads", "follow_compiled", "replace_stance"]
 
 # ---------------------------------------------------------------------------------------
 # Threads started inside a region
@@ -33,17 +31,15 @@ __all__ = ["follow_threads", "follow_compiled", "replace_original"]
 # restored when the last one detaches.
 _thread_lock = threading.Lock()
 _thread_users = 0
-_thread_saved: list[Any] = []
+_thread_patch: patches.PatchSet | None = None
 
 
 def follow_threads(delta: int) -> None:
-    global _thread_users
+    global _thread_users, _thread_patch
     with _thread_lock:
         before = _thread_users
         _thread_users = max(0, before + delta)
         if before == 0 and _thread_users > 0:
-            own = threading.Thread.__dict__.get("start")
-            _thread_saved[:] = [own]
             orig = threading.Thread.start
 
             def start(self: threading.Thread) -> None:
@@ -52,9 +48,10 @@ def follow_threads(delta: int) -> None:
 
             start.__wrapped__ = orig  # type: ignore[attr-defined]
             start.__doc__ = orig.__doc__
-            threading.Thread.start = start  # type: ignore[method-assign]
-        elif before > 0 and _thread_users == 0 and _thread_saved:
-            threading.Thread.start = _thread_saved.pop()  # type: ignore[method-assign]
+            _thread_patch = patches.PatchSet().apply([(threading.Thread, "start", start)])
+        elif before > 0 and _thread_users == 0 and _thread_patch is not None:
+            _thread_patch.restore()
+            _thread_patch = None
 
 
 def _followers() -> list[Tracker]:
@@ -108,7 +105,8 @@ def _wrap_run(th: threading.Thread) -> None:
 # when the last region detaches. Dynamo is not imported for this (it is slow to import):
 # when it is not loaded yet, torch.compile is wrapped to apply the stance when called.
 _compile_users = 0
-_compile_saved: dict[str, Any] = {}
+_compile_patch: patches.PatchSet | None = None  # torch.compile, CUDAGraph.replay, dynamo's hook
+_saved_stance: list[Any] = []  # dynamo's stance before the regions set "force_eager"
 _EAGER_NOTE = "a torch.compile'd function ran eagerly, so that its ops were tracked"
 
 
@@ -127,6 +125,8 @@ def follow_compiled(delta: int) -> None:
 
 
 def _compiled_on() -> None:
+    global _compile_patch
+    ps = _compile_patch = patches.PatchSet()
     graph = getattr(torch.cuda, "CUDAGraph", None)
     replay = getattr(graph, "replay", None) if graph is not None else None
     if replay is not None and "replay" in graph.__dict__:
@@ -136,8 +136,7 @@ def _compiled_on() -> None:
             return replay(self, *args, **kwargs)
 
         replay_counted.__wrapped__ = replay  # type: ignore[attr-defined]
-        _compile_saved["replay"] = replay
-        graph.replay = replay_counted
+        ps.apply([(graph, "replay", replay_counted)])
     if sys.modules.get("torch._dynamo.eval_frame") is not None:
         _stance_on()
         return
@@ -146,7 +145,7 @@ def _compiled_on() -> None:
     def compile(*args: Any, **kwargs: Any) -> Any:  # noqa: A001 - torch.compile's name
         out = orig(*args, **kwargs)
         with _thread_lock:
-            if _compile_users and "stance" not in _compile_saved:
+            if _compile_users and not _saved_stance:
                 try:
                     _stance_on()
                 except Exception:  # noqa: S110
@@ -155,15 +154,14 @@ def _compiled_on() -> None:
 
     compile.__wrapped__ = orig  # type: ignore[attr-defined]
     compile.__doc__ = orig.__doc__
-    _compile_saved["compile"] = orig
-    torch.compile = compile  # type: ignore[assignment]
+    ps.apply([(torch, "compile", compile)])
 
 
 def _stance_on() -> None:
     ef = sys.modules.get("torch._dynamo.eval_frame")
-    if ef is None:
+    if ef is None or _compile_patch is None:
         return
-    _compile_saved["stance"] = ef._stance
+    _saved_stance[:] = [patches.dynamo_stance()]
     torch.compiler.set_stance("force_eager")
     cfs = ef._callback_from_stance
 
@@ -172,21 +170,17 @@ def _stance_on() -> None:
             _tell_all("_notes", _EAGER_NOTE)  # one call of a compiled function
         return cfs(callback)
 
-    _compile_saved["cfs"] = cfs
-    ef._callback_from_stance = callback_from_stance
+    _compile_patch.apply([(ef, "_callback_from_stance", callback_from_stance)])
 
 
 def _compiled_off() -> None:
-    ef = sys.modules.get("torch._dynamo.eval_frame")
-    if "cfs" in _compile_saved and ef is not None:
-        ef._callback_from_stance = _compile_saved.pop("cfs")
-    if "stance" in _compile_saved and ef is not None:
-        ef._stance = _compile_saved.pop("stance")
-    if "compile" in _compile_saved:
-        torch.compile = _compile_saved.pop("compile")
-    if "replay" in _compile_saved:
-        torch.cuda.CUDAGraph.replay = _compile_saved.pop("replay")
-    _compile_saved.clear()
+    global _compile_patch
+    ps, _compile_patch = _compile_patch, None
+    if ps is not None:
+        ps.restore()
+    if _saved_stance:
+        patches.restore_dynamo_stance(_saved_stance[0])
+    _saved_stance.clear()
 
 
 def _tell_all(table: str, what: str) -> None:
@@ -199,19 +193,8 @@ def _tell_all(table: str, what: str) -> None:
             tr._count(getattr(tr, table), what, 3)
 
 
-def replace_original(owner: Any, name: str, installed: Any, before: Any) -> None:
-    """Another patcher (CUDA emulation) that put ``installed`` on ``owner.name`` while a
-    region wrapped it is undoing its patch: what the region restores later must be
-    ``before``, not ``installed``."""
-    if owner is torch and name == "compile" and _compile_saved.get("compile") is installed:
-        _compile_saved["compile"] = before
-    if owner is threading.Thread and name == "start":
-        for i, own in enumerate(_thread_saved):
-            if own is installed:
-                _thread_saved[i] = before
-
-
 def replace_stance(installed: Any, before: Any) -> None:
-    """As :func:`replace_original`, for dynamo's stance (CUDA emulation's own)."""
-    if _compile_saved.get("stance") is installed:
-        _compile_saved["stance"] = before
+    """CUDA emulation, which set dynamo's stance ``installed`` before a region set its
+    own, stops: the stance the regions restore is ``before``."""
+    if _saved_stance and _saved_stance[0] is installed:
+        _saved_stance[0] = before
