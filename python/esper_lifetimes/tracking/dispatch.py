@@ -102,7 +102,7 @@ class Mode(TorchDispatchMode):
                     else:
                         site = tr._sites.from_frame(f)
                 del f, m
-                if tr._cpu_device:
+                if tr._cpu_device:  # as in ApplyMixin._apply (inlined on purpose)
                     vs = vstate.stream
                     if vs is None:
                         vs = VDEFAULT
@@ -167,6 +167,7 @@ class Mode(TorchDispatchMode):
                             and not (memory.emulating and getattr(st, "_esper_cuda", None) is None)
                         ):
                             # a fresh storage on the virtual stream: register, then write
+                            # (StorageMixin._new_ref and _touch, inlined on purpose)
                             ref = Ref(st, tr._on_free_cb)
                             ref.key = key
                             ref.kind = VIRTUAL

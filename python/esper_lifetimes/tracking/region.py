@@ -83,7 +83,8 @@ class RegionMixin:
             self.define_virtual_stream(s)
         patches.add_live(self)
 
-    def _attach(self) -> None:
+    def _push_mode(self) -> Mode:
+        """Installs the patches and pushes a dispatch mode of this tracker on this thread."""
         patches.install()
         try:
             mode = Mode(self)
@@ -92,6 +93,10 @@ class RegionMixin:
             patches.uninstall()
             raise
         patches.push(self, mode)
+        return mode
+
+    def _attach(self) -> None:
+        self._push_mode()
         follow_threads(1)
         follow_compiled(1)
 
@@ -111,14 +116,7 @@ class RegionMixin:
         region's safe points (never raised in the thread)."""
         if not self.watching:
             return False
-        patches.install()
-        try:
-            mode = Mode(self)
-            mode.__enter__()
-        except BaseException:
-            patches.uninstall()
-            raise
-        patches.push(self, mode)
+        mode = self._push_mode()
         self._tls.child = True
         with self._lock:
             self._child_modes.add(mode)

@@ -42,8 +42,11 @@ class StorageMixin:
         write: bool,
         site: Any,
         vh: int | None = None,
+        on: int | None = None,
     ) -> int | None:
-        """One access by the current op. Returns the stream it ran on (None: host)."""
+        """One access by the current op (``vh``: the current virtual stream's handle,
+        when known; ``on``: the stream it runs on, whatever the current one). Returns
+        the stream it ran on (None: host memory)."""
         try:
             st = t.untyped_storage()
         except Exception:  # sparse, nested, or a subclass without storage
@@ -63,9 +66,12 @@ class StorageMixin:
         if kind == VIRTUAL:
             h = vh if vh is not None else vcurrent()
         elif kind == CUDA:
-            h = cuda_current(t.get_device())
-            if h not in self._named:
-                self.name_cuda_stream(h)
+            if on is None:
+                h = cuda_current(t.get_device())
+                if h not in self._named:
+                    self.name_cuda_stream(h)
+            else:
+                h = on  # named by whoever chose it
         else:
             if ref.pending:
                 n = span(t)
@@ -100,32 +106,7 @@ class StorageMixin:
     def touch_on(self, t: torch.Tensor, write: bool, site: Any, stream: int) -> None:
         """One access of ``t``'s bytes on stream ``stream``, whatever the current stream
         (a collective's internal stream, :mod:`esper_lifetimes.distributed`)."""
-        try:
-            st = t.untyped_storage()
-        except Exception:
-            return
-        if st.device.type != "cuda":
-            self._touch(t, write, site, stream)
-            return
-        key = id(st)
-        ref = self._recs.get(key)
-        if ref is None:
-            ref = self._new_ref(t, st, key, False, None, False, None)
-            if ref is None:
-                return
-        if ref.kind == HOST or not ref.registered:
-            return
-        if stream != ref.astream:
-            ref.multi = True
-        n = t.nbytes
-        if n == ref.nbytes:
-            p = ref.ptr
-        else:
-            if not t.is_contiguous():
-                n = span(t)
-            p = t.data_ptr()
-        if n:
-            self._access(p, n, stream, write, site)
+        self._touch(t, write, site, stream, stream)
 
     def register_fresh(self, t: torch.Tensor, site: Any, stream: int | None) -> None:
         """Registers ``t``'s storage, allocated just now on the current stream (``stream``:
