@@ -43,12 +43,15 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from esper_lifetimes import patches
 from esper_lifetimes.tracking import memory, plans
+
+if TYPE_CHECKING:
+    from esper_lifetimes.tracking import Tracker
 
 __all__ = [
     "patch_table",
@@ -99,7 +102,7 @@ def rank_report_dir(path: str) -> str:
     return path if info is None else merge.rank_dir(path, info[0])
 
 
-def run_meta(tr: Any) -> dict[str, Any]:
+def run_meta(tr: Tracker) -> dict[str, Any]:
     """What a rank's report says about the distributed run: rank, world size, the
     collectives modelled, those that ran unseen, async ones never waited on. Empty
     outside a distributed run."""
@@ -131,10 +134,10 @@ class _State:
 
 
 # tracker -> what this module keeps for it (gone with the tracker)
-_states: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[Tracker, _State] = weakref.WeakKeyDictionary()
 
 
-def _state(tr: Any) -> _State:
+def _state(tr: Tracker) -> _State:
     st = _states.get(tr)
     if st is None:
         st = _State()
@@ -142,7 +145,7 @@ def _state(tr: Any) -> _State:
     return st
 
 
-def unseen(tr: Any) -> dict[str, int]:
+def unseen(tr: Tracker) -> dict[str, int]:
     """Collectives tracker ``tr`` saw only as opaque ``c10d`` ops (issued from C++):
     ``{"c10d::allreduce_ at file:line": count}`` (also in ``Tracker.unseen`` and the
     tracker's report)."""
@@ -150,13 +153,13 @@ def unseen(tr: Any) -> dict[str, int]:
     return dict(st.unseen) if st is not None else {}
 
 
-def seen(tr: Any) -> dict[str, int]:
+def seen(tr: Tracker) -> dict[str, int]:
     """Collectives tracker ``tr`` modelled, by name: ``{"all_reduce": 3, ...}``."""
     st = _states.get(tr)
     return dict(st.seen) if st is not None else {}
 
 
-def pending(tr: Any) -> int:
+def pending(tr: Tracker) -> int:
     """Async collectives tracked by ``tr`` that were never waited on (so far)."""
     st = _states.get(tr)
     return st.pending if st is not None else 0
@@ -213,7 +216,7 @@ def _rank_text() -> str:
     return f" (rank {info[0]})" if info is not None else ""
 
 
-def _stream(tr: Any, chain: str, coll: str, virtual: bool) -> int:
+def _stream(tr: Tracker, chain: str, coll: str, virtual: bool) -> int:
     key = (chain, coll)
     with _lock:
         rec = _streams.get(key)
@@ -228,7 +231,7 @@ def _stream(tr: Any, chain: str, coll: str, virtual: bool) -> int:
     return h
 
 
-def _current(tr: Any, cuda: bool, dev: int) -> int:
+def _current(tr: Tracker, cuda: bool, dev: int) -> int:
     if cuda:
         h = memory.cuda_current(dev)
         tr.name_cuda_stream(h)
@@ -244,7 +247,7 @@ def _current(tr: Any, cuda: bool, dev: int) -> int:
 # Accesses
 
 
-def _access(tr: Any, t: Any, write: bool, site: Any, h: int) -> None:
+def _access(tr: Tracker, t: Any, write: bool, site: Any, h: int) -> None:
     """One access of ``t``'s bytes on stream ``h`` (a CPU tensor standing for device
     memory, or a CUDA tensor)."""
     if not isinstance(t, _Tensor):
@@ -280,7 +283,7 @@ class _Coll:
 
 
 def _issue(
-    tr: Any,
+    tr: Tracker,
     coll: _Coll | None,
     name: str,
     reads: list[torch.Tensor],
@@ -432,7 +435,7 @@ def _after(trackers: list[Any], model: Callable[[Any], None], what: str) -> None
         tr.safe_point()
 
 
-def _site(tr: Any) -> Any:
+def _site(tr: Tracker) -> Any:
     return tr.site_here(2)
 
 
@@ -540,7 +543,7 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
             result = orig(*args, **kwargs)
         if coalescing:
 
-            def note(tr: Any) -> None:
+            def note(tr: Tracker) -> None:
                 key = f"{name} in a coalescing manager (not modelled)"
                 st = _state(tr)
                 st.unseen[key] = st.unseen.get(key, 0) + 1
@@ -555,7 +558,7 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
             async_op = False
             work = None
 
-            def note_hook(tr: Any) -> None:
+            def note_hook(tr: Tracker) -> None:
                 where = _site_text(tr, site_of.get(id(tr)))
                 key = f"{name} in a DDP communication hook, waited on in C++"
                 key = f"{key} at {where}" if where else key
@@ -574,7 +577,7 @@ def _make_collective(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
             coll = _Coll(name, reads + writes, cuda, dev)
         site_of = dict((id(tr), s) for tr, s in sites)
 
-        def model(tr: Any) -> None:
+        def model(tr: Tracker) -> None:
             _issue(tr, coll, name, reads, writes, group, async_op, site_of.get(id(tr)), p2p)
 
         _after(trackers, model, name)
@@ -626,7 +629,7 @@ def _make_batch(orig: Callable[..., Any]) -> Callable[..., Any]:
         except Exception:  # a tensor without storage: not modelled
             return works
 
-        def model(tr: Any) -> None:
+        def model(tr: Tracker) -> None:
             for (kind, t, g, send), c in zip(ops, colls, strict=True):
                 r, w = ([t], []) if send else ([], [t])
                 _issue(tr, c, f"batch_isend_irecv {kind}", r, w, g, True, sites[id(tr)], True)
@@ -799,7 +802,7 @@ def _make_functional(name: str, orig: Callable[..., Any]) -> Callable[..., Any]:
             return result
         coll = _Coll(f"functional {name}", [src, out], cuda, dev) if pending_wait else None
 
-        def model(tr: Any) -> None:
+        def model(tr: Tracker) -> None:
             # waited inside already (a gather_dim other than 0): ordered as a sync call
             _issue(
                 tr,
@@ -869,12 +872,12 @@ _WRITES = frozenset(
 )
 
 
-def _site_text(tr: Any, site: Any) -> str:
+def _site_text(tr: Tracker, site: Any) -> str:
     return tr.site_text(site) if site is not None else ""
 
 
 def _on_c10d_op(
-    tr: Any, plan: Any, args: tuple, kwargs: dict, out: Any, site: Any, vh: Any
+    tr: Tracker, plan: Any, args: tuple, kwargs: dict, out: Any, site: Any, vh: Any
 ) -> None:
     name = plan.name
     if name == "_c10d_functional::wait_tensor":
