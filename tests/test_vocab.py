@@ -280,7 +280,9 @@ def test_the_stubs_literal_kinds_and_stats_keys_are_the_engines():
     literal = aliases["_KindName"]
     assert isinstance(literal, ast.Subscript)
     names = [elt.value for elt in literal.slice.elts]
-    assert names == [k.name for k in vocab.kinds()]
+    want = [k.name for k in vocab.kinds()]
+    block = "_KindName: TypeAlias = Literal[\n" + "".join(f'    "{n}",\n' for n in want) + "]"
+    assert names == want, f"the stub's kinds are not the engine's; in _core.pyi put:\n{block}"
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     stats = [s.target.id for s in classes["Stats"].body if isinstance(s, ast.AnnAssign)]
     assert stats == list(el.Engine().stats())
