@@ -382,6 +382,12 @@ impl Engine {
         writes: &[(u64, u64)],
         site: SiteId,
     ) -> Result<()> {
+        if !self.storages_in_cache() {
+            // the slots' misses overlap instead of adding up
+            for &(ptr, _) in reads.iter().chain(writes) {
+                self.storages.prefetch(ptr);
+            }
+        }
         let mut checked: SmallVec<[(u64, Checked); 8]> = SmallVec::new();
         for &(ptr, nbytes) in reads.iter().chain(writes) {
             checked.push((ptr, self.check_access(ptr, nbytes)?));
