@@ -28,7 +28,7 @@ def _run(code: str, value: str | None, *args: str) -> subprocess.CompletedProces
 
 
 # The import, as the watched program (or pytest) does it: the tracking switch as
-# tracking.py's _Config reads it, without importing torch for the values it keeps off.
+# tracking/policy.py reads it, without importing torch for the values it keeps off.
 _PROBE = (
     "import sys, esper_lifetimes as el\n"
     "from esper_lifetimes import config\n"
