@@ -403,10 +403,9 @@ def _patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
 
 
 MISSING: Any = object()  # "not in the owner's __dict__" (an inherited attribute)
-_MISSING = MISSING
 _install_lock = threading.RLock()  # reentrant: a wrapper may heal while installing
 _install_count = 0
-# (owner, name, value in owner.__dict__ before or _MISSING, the wrapper installed)
+# (owner, name, value in owner.__dict__ before or MISSING, the wrapper installed)
 _saved: list[tuple[Any, str, Any, Any]] = []
 # Wrappers of ours that another patch covered when they were to be restored (another
 # library patched the attribute during a region, a test's monkeypatch): the other patch
@@ -429,7 +428,7 @@ def install() -> None:
             done: list[tuple[Any, str, Any, Any]] = []
             try:
                 for owner, name, make in _patch_table():
-                    own = owner.__dict__.get(name, _MISSING)
+                    own = owner.__dict__.get(name, MISSING)
                     orig = getattr(owner, name)
                     ours = make(orig)
                     ours.__esper_patch__ = True
@@ -443,7 +442,7 @@ def install() -> None:
 
 
 def _put_back(owner: Any, name: str, own: Any) -> None:
-    if own is _MISSING:
+    if own is MISSING:
         try:
             delattr(owner, name)
         except AttributeError:  # pragma: no cover
@@ -458,7 +457,7 @@ def _restore(saved: list[tuple[Any, str, Any, Any]]) -> None:
     patch (remembered in ``_stale``, in case our wrapper comes back under it)."""
     for entry in reversed(saved):
         owner, name, own, ours = entry
-        if owner.__dict__.get(name, _MISSING) is ours:
+        if owner.__dict__.get(name, MISSING) is ours:
             _put_back(owner, name, own)
         else:
             _stale.append(entry)
@@ -469,7 +468,7 @@ def _heal_locked() -> None:
     keep = []
     for entry in _stale:
         owner, name, own, ours = entry
-        cur = owner.__dict__.get(name, _MISSING)
+        cur = owner.__dict__.get(name, MISSING)
         if cur is ours:
             _put_back(owner, name, own)  # our wrapper came back: the original now
         elif cur is not own:
@@ -547,13 +546,6 @@ class PatchSet:
             else:
                 replace_original(owner, name, value, before)
 
-    def original(self, owner: Any, name: str) -> Any:
-        """What ``owner.name`` was before this set (MISSING: inherited, or none)."""
-        for o, n, before, _v in self.entries:
-            if o is owner and n == name:
-                return before
-        return MISSING
-
 
 _sets: weakref.WeakSet[PatchSet] = weakref.WeakSet()
 
@@ -601,7 +593,7 @@ def originals() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for owner, name, _make in _patch_table():
         key = f"{getattr(owner, '__qualname__', getattr(owner, '__name__', owner))}.{name}"
-        out[key] = owner.__dict__.get(name, _MISSING)
+        out[key] = owner.__dict__.get(name, MISSING)
     return out
 
 
