@@ -126,7 +126,7 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
 }
 
 #[inline]
-fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
+pub(crate) fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
     if let Some(v) = fast_i64(obj) {
         return Ok(Handle::from(v));
     }
@@ -299,7 +299,7 @@ impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for Flag<N> {
 /// The engine, shared by every thread that holds it: all state sits behind one lock.
 #[pyclass(frozen, module = "esper_lifetimes._core")]
 pub struct Engine {
-    core: Mutex<Core>,
+    pub(crate) core: Mutex<Core>,
 }
 
 impl Engine {
@@ -848,6 +848,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_hazard_from_dict, m)?)?;
     m.add_class::<Engine>()?;
     m.add_class::<Hazard>()?;
+    m.add_class::<crate::hooks::AlwaysOnHooks>()?;
     m.add("LifetimesError", py.get_type::<LifetimesError>())?;
     m.add(
         "InvalidArgumentError",

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeAlias, TypedDict, final, type_check_only
 
 __all__ = [
     "KINDS",
+    "AlwaysOnHooks",
     "Engine",
     "Hazard",
     "LifetimesError",
@@ -192,3 +193,45 @@ class Engine:
     def _noop(
         self, ptr: int, nbytes: int, stream: int, write: bool | None = None, site: _Site = None
     ) -> None: ...
+
+@final
+class AlwaysOnHooks:
+    """The always-on tracker's hooks in compiled code (rust/hooks.rs): the engine update
+    of each hooked call and a barrier's common case; the rest goes back to the tracker."""
+
+    def __new__(
+        cls,
+        engine: Any,
+        tracker: Any,
+        thread: int,
+        tstate: dict[str, Any],
+        vstate: dict[str, Any],
+        vdefault: Any,
+        host_marks: dict[int, Any],
+        memory: dict[str, Any],
+        named: set[int],
+        recs: dict[int, Any],
+        item: Any,
+        *,
+        cpu_device: bool,
+        full: bool,
+        adopt_unseen: bool,
+    ) -> AlwaysOnHooks: ...
+    active: bool
+    quick: bool
+    boundary: int
+    next_open: int
+    logged: int
+    @property
+    def barriers(self) -> int: ...
+    def barrier(self) -> None: ...
+    def on_stream_wait(self, waiter: int, waited: int) -> None: ...
+    def on_event_record(self, event: int, stream: int) -> None: ...
+    def on_event_wait(self, event: int, stream: int) -> None: ...
+    def on_stream_query(self, stream: int, complete: bool) -> None: ...
+    def on_event_query(self, event: int, complete: bool) -> None: ...
+    def on_stream_sync(self, stream: int) -> None: ...
+    def on_event_sync(self, event: int) -> None: ...
+    def on_device_sync(self) -> None: ...
+    def item(self, t: Any) -> Any: ...
+    def untracked_storage(self, t: Any) -> bool: ...

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from esper_lifetimes import config, merge, patches
+from esper_lifetimes import _core, config, merge, patches, virtual
 from esper_lifetimes.tracking import ConfigError, Tracker, memory
 from esper_lifetimes.tracking.dispatch import Mode
 
@@ -106,7 +106,8 @@ class AlwaysOnTracker(Tracker):
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.mode = mode
-        self.sample = 1.0 if mode == "full" else float(sample)
+        self._hooks: Any = None  # the compiled hooks (_core.AlwaysOnHooks), from start()
+        self._sample = 1.0 if mode == "full" else float(sample)
         self.seed = seed
         self.max_window_ops = max_window_ops
         # under torchrun each rank appends to its own file, its records tagged
@@ -120,10 +121,9 @@ class AlwaysOnTracker(Tracker):
         self._rng = random.Random(seed)
         # Window boundaries (the start is boundary 0, each barrier the next) are sampled
         # in blocks of 1/sample: exactly one window opens per block, at a uniformly drawn
-        # boundary of it (see _draw).
-        self._boundary = 0
+        # boundary of it (see _draw). The boundary count and the next opening live on
+        # the compiled hooks, which advance them at a barrier in the common case.
         self._block = 0
-        self._next_open = 0
         self._scheduled_for = -1.0  # the sample the schedule was drawn for
         self._window: _WindowMode | None = None
         self._thread = 0
@@ -131,8 +131,23 @@ class AlwaysOnTracker(Tracker):
         self._report_file: Any = None
         self._started_at = 0.0
         self.windows_opened = 0
-        self.barriers = 0
         self._ops_closed = 0  # ops checked in windows already closed
+
+    @property
+    def sample(self) -> float:
+        """The probability that a barrier opens a window (settable while running)."""
+        return self._sample
+
+    @sample.setter
+    def sample(self, value: float) -> None:
+        self._sample = float(value)
+        self._requick()
+
+    @property
+    def barriers(self) -> int:
+        """The synchronization barriers seen on the watched thread."""
+        h = self._hooks
+        return h.barriers if h is not None else 0
 
     # -- life ---------------------------------------------------------------------------
 
@@ -147,10 +162,11 @@ class AlwaysOnTracker(Tracker):
                     f"report={self.report_path!r} cannot be written: {exc.strerror or exc}"
                 ) from None
         self._start()
+        self._thread = threading.get_ident()
+        self._install_hooks()
         patches.install()
         patches.push(self, None)
         install_item_hook(self)
-        self._thread = threading.get_ident()
         self._state = "active"
         self._started_at = time.monotonic()
         # The start is the first window boundary: the ops before the first sync are
@@ -168,6 +184,7 @@ class AlwaysOnTracker(Tracker):
             patches.uninstall()
             remove_item_hook(self)
         finally:
+            self._remove_hooks()
             self._state = "closed"
             self._close()  # engine.flush(): every pending free is judged now ...
             self.safe_point()  # ... and logged with the rest
@@ -175,6 +192,56 @@ class AlwaysOnTracker(Tracker):
             if self._report_file is not None:
                 self._report_file.close()
                 self._report_file = None
+
+    # The hooks the patches and virtual streams call, compiled (rust/hooks.rs): set as
+    # instance attributes over the Python methods while the tracker runs.
+    _COMPILED = (
+        "on_stream_wait",
+        "on_event_record",
+        "on_event_wait",
+        "on_stream_query",
+        "on_event_query",
+        "on_stream_sync",
+        "on_event_sync",
+        "on_device_sync",
+        "untracked_storage",
+    )
+
+    def _install_hooks(self) -> None:
+        h = _core.AlwaysOnHooks(
+            self._eng,
+            self,
+            self._thread,
+            patches.thread_state.__dict__,
+            virtual.state.__dict__,
+            virtual.DEFAULT,
+            memory.host_marks,
+            vars(memory),
+            self._named,
+            self._recs,
+            _torch_item,
+            cpu_device=bool(self._cpu_device),
+            full=self.mode == "full",
+            adopt_unseen=bool(self._adopt_unseen),
+        )
+        self._hooks = h
+        for name in self._COMPILED:
+            setattr(self, name, getattr(h, name))
+
+    def _remove_hooks(self) -> None:
+        h = self._hooks
+        if h is None:
+            return
+        h.active = False
+        for name in self._COMPILED:
+            self.__dict__.pop(name, None)
+
+    def _requick(self) -> None:
+        """Tells the hooks whether a barrier's common case applies: no window open and
+        the schedule drawn for the current rate."""
+        h = self._hooks
+        if h is not None:
+            h.quick = self._window is None and self._sample == self._scheduled_for
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and benchmarks."""
@@ -200,6 +267,7 @@ class AlwaysOnTracker(Tracker):
         self._window = mode
         patches.set_mode(self, mode)
         self.windows_opened += 1
+        self._requick()
 
     def _close_window(self) -> None:
         mode = self._window
@@ -213,6 +281,7 @@ class AlwaysOnTracker(Tracker):
         self._ops_closed += min(mode.ops, mode.budget)
         patches.set_mode(self, None)
         mode.__exit__(None, None, None)
+        self._requick()
 
     def ops_checked(self) -> int:
         """How many ops the windows tracked so far (the open one included)."""
@@ -226,28 +295,36 @@ class AlwaysOnTracker(Tracker):
         from the seeded generator. Each boundary opens a window with probability
         ``sample``, as with a coin per boundary, but the windows are spread evenly: no
         long gaps (at most 2/sample boundaries between two windows) and no bursts."""
-        i = self._boundary
-        self._boundary = i + 1
-        s = self.sample
-        if s != self._scheduled_for:  # the first draw, or the rate was changed
-            self._scheduled_for = s
-            if s <= 0.0:
-                self._next_open = -1
+        h = self._hooks
+        i = h.boundary
+        h.boundary = i + 1
+        s = self._sample
+        nxt = h.next_open
+        try:
+            if s != self._scheduled_for:  # the first draw, or the rate was changed
+                self._scheduled_for = s
+                if s <= 0.0:
+                    nxt = -1
+                    return False
+                self._block = int(i * s)
+                nxt = int((self._block + self._rng.random()) / s)
+                if nxt < i:  # drawn in the part of the block already passed
+                    self._block += 1
+                    nxt = int((self._block + self._rng.random()) / s)
+            if i != nxt:
                 return False
-            self._block = int(i * s)
-            self._next_open = int((self._block + self._rng.random()) / s)
-            if self._next_open < i:  # drawn in the part of the block already passed
+            while nxt <= i:  # several openings at one boundary (sample > 0.5)
                 self._block += 1
-                self._next_open = int((self._block + self._rng.random()) / s)
-        if i != self._next_open:
-            return False
-        while self._next_open <= i:  # several openings at one boundary (sample > 0.5)
-            self._block += 1
-            self._next_open = int((self._block + self._rng.random()) / s)
-        return True
+                nxt = int((self._block + self._rng.random()) / s)
+            return True
+        finally:
+            h.next_open = nxt
+            self._requick()
 
     def _barrier(self) -> None:
-        """A synchronization point on the watched thread: the window boundary."""
+        """A synchronization point: the window boundary, when it is on the watched thread
+        and this tracker owns the thread's events (no track() region or @checked call
+        above it). The compiled hooks call this only when they cannot tell."""
         if self._state != "active":
             return
         st = patches.thread_state
@@ -257,13 +334,13 @@ class AlwaysOnTracker(Tracker):
             active = st.active
             if not active or active[-1] is not self:
                 return  # a track() region or @checked call owns the thread: no window games
-        self.barriers += 1
-        i = self._boundary
-        if self.mode == "full":
-            pass
-        elif self._window is None and i != self._next_open and self.sample == self._scheduled_for:
-            self._boundary = i + 1  # the common case: no window open, none opening here
-        else:
+        self._hooks.barrier()
+
+    def _barrier_slow(self, window: bool) -> None:
+        """What a barrier does beyond the common case (the hooks call it): ``window``,
+        close the open window and draw whether one opens here; then log new hazards."""
+        st = patches.thread_state
+        if window:
             # Window switching and logging run Python (and a log handler, anything): the
             # patched calls they make are not events of the program.
             st.depth += 1
@@ -289,59 +366,32 @@ class AlwaysOnTracker(Tracker):
             finally:
                 st.depth -= 1
 
-    # The ordering calls the hooks feed, without the generic layers (a CUDA stream is
-    # named once; the engine call is guarded): the hot path of the always-on mode.
-    def on_stream_wait(self, waiter: int, waited: int) -> None:
-        if (waiter | waited) & _CUDA_TAG:
-            self._name_if_cuda(waiter, waited)
-        try:
-            self._eng.stream_wait(waiter, waited)
-        except Exception as exc:
-            self.note(exc, "wait_stream")
+    # The ordering calls and barriers (on_stream_wait, on_stream_sync, ...) are the
+    # compiled hooks' while the tracker runs (_install_hooks); the generic ones of
+    # HookMixin stay underneath. The rest:
 
-    def on_event_record(self, event: int, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
+    def untracked_storage(self, t: Any) -> bool:
+        """Whether ``t.record_stream(...)`` has nothing to record: its storage is not
+        tracked (allocated outside a window). The compiled hooks answer while running."""
+        if self._adopt_unseen:
+            return False
         try:
-            self._eng.event_record(event, stream)
-        except Exception as exc:
-            self.note(exc, "event_record")
-
-    def on_event_wait(self, event: int, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
-        try:
-            self._eng.event_wait(event, stream)
-        except Exception as exc:
-            self.note(exc, "event_wait")
-
-    # Barriers: the synchronizations and blocking host reads the patches feed.
-    def on_device_sync(self) -> None:
-        try:
-            self._eng.device_synchronize()
-        except Exception as exc:
-            self.note(exc, "device_synchronize")
-        self._barrier()
-
-    def on_stream_sync(self, stream: int) -> None:
-        if stream & _CUDA_TAG:
-            self._name_if_cuda(stream)
-        try:
-            self._eng.stream_synchronize(stream)
-        except Exception as exc:
-            self.note(exc, "stream_synchronize")
-        self._barrier()
-
-    def on_event_sync(self, event: int) -> None:
-        try:
-            self._eng.event_synchronize(event)
-        except Exception as exc:
-            self.note(exc, "event_synchronize")
-        self._barrier()
+            return id(t.untyped_storage()) not in self._recs
+        except Exception:
+            return False  # the tracker's path decides
 
     def on_host_read(self, t: Any, device_sync: bool = True) -> None:
         super().on_host_read(t, device_sync)
         self._blocking_read(t)
+
+    def _item_slow(self, t: Any) -> None:
+        """``.item()`` on the watched thread when the hooks cannot decide alone: under
+        CUDA emulation (the tensor's real device), or with another tracker on the thread."""
+        if memory.emulating:
+            with torch._C.DisableTorchFunction():
+                self._blocking_read(t)
+        else:
+            self._blocking_read(t)
 
     def _blocking_read(self, t: Any) -> None:
         """A blocking host read of ``t`` (``.item()``, ``tolist``, printing, ...). A read of
@@ -380,6 +430,8 @@ class AlwaysOnTracker(Tracker):
                 return
             new = eng.hazards(self._logged)
             self._logged += len(new)
+            if self._hooks is not None:
+                self._hooks.logged = self._logged
             self._seen = self._logged
             self._errors_seen = eng.error_count()
             for h in new:
@@ -409,52 +461,43 @@ class AlwaysOnTracker(Tracker):
 # call when it is not the watched thread).
 
 _torch_item = torch.Tensor.item
-_CUDA_TAG = patches.CUDA_STREAM_TAG
 _host_marks = memory.host_marks
 _vstate = memory.vstate
 _VDEFAULT = memory.VDEFAULT
 
 
 def _item(self: torch.Tensor) -> Any:
-    result = _torch_item(self)
-    st = patches.thread_state
-    if st.depth:
-        return result
-    # the run's tracker alone on this thread (a per-thread slot: no thread-id check)
-    run = st.fast
-    if run is None:
-        run = _started
-        if run is None or run._thread != threading.get_ident():
-            return result
-    if memory.emulating:
-        with torch._C.DisableTorchFunction():  # the real device of an emulated tensor
-            run._blocking_read(self)
-    else:
-        run._blocking_read(self)
-    return result
+    h = _item_hooks
+    if h is None:
+        return _torch_item(self)
+    return h.item(self)  # torch's item, then the blocking read (rust/hooks.rs)
 
 
 _item.__doc__ = _torch_item.__doc__
 _item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
 
 
-# The tracker whose thread the hook reports (the one started last), and the patch.
+# The tracker whose thread the hook reports (the one started last), its compiled hooks,
+# and the patch.
 _started: AlwaysOnTracker | None = None
+_item_hooks: Any = None
 _item_patch: patches.PatchSet | None = None
 
 
 def install_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
     """Reports ``Tensor.item()`` to ``tracker`` (benchmarks install it alone, with None)."""
-    global _started, _item_patch
+    global _started, _item_hooks, _item_patch
     _started = tracker
+    _item_hooks = tracker._hooks if tracker is not None else None
     if _item_patch is None:
         _item_patch = patches.PatchSet().apply([(torch.Tensor, "item", _item)])
 
 
 def remove_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
-    global _started, _item_patch
+    global _started, _item_hooks, _item_patch
     if _started is tracker:
         _started = None
+        _item_hooks = None
     ps, _item_patch = _item_patch, None
     if ps is not None:
         ps.restore()

@@ -270,14 +270,10 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
     def record_stream(self: torch.Tensor, stream: Any) -> None:
         st = thread_state
         fast = st.fast
-        if fast is not None and not st.depth and not fast._adopt_unseen:
+        if fast is not None and not st.depth:
             # The always-on tracker alone on this thread: a storage it does not track
             # (allocated outside a window) has nothing to record. Returns at once.
-            try:
-                known = id(self.untyped_storage()) in fast._recs
-            except Exception:
-                known = True  # the tracker's path decides
-            if not known:
+            if fast.untracked_storage(self):
                 if not isinstance(stream, vstream):
                     orig(self, stream)
                 return None

@@ -1,0 +1,488 @@
+//! The always-on tracker's hooks in compiled code (part of the bindings layer).
+//!
+//! The always-on mode keeps a few rare calls hooked for a whole training run: stream and
+//! event waits and records, synchronizations, queries and `Tensor.item()`. In Python
+//! each hooked call cost 0.3-1.9 us (a frame, thread-local reads, attribute lookups, the
+//! window decision). `AlwaysOnHooks` does the common case of each in one call: the
+//! engine update under the lock, and at a barrier (a synchronize, a blocking `.item()`)
+//! the window schedule's next boundary and the new-hazard check. Whatever is not the
+//! common case goes back to the Python tracker (`esper_lifetimes.always_on_tracker`),
+//! which stays the one place of every rule: opening and closing windows, logging
+//! hazards, CUDA stream names, emulated or host memory, another tracker on the thread.
+//!
+//! The tracker installs these methods as instance attributes over its Python ones
+//! (`AlwaysOnTracker.start`), so the patched calls reach them with no Python frame.
+//! Nothing here raises into the program: a failure after torch's own call is handed to
+//! `tracker.note(exc, what)`.
+
+use crate::bindings::{handle_arg, Engine};
+use crate::engine::Handle;
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+extern "C" {
+    // CPython's stable ABI (what `threading.get_ident()` returns); pyo3-ffi does not
+    // declare it.
+    fn PyThread_get_thread_ident() -> std::os::raw::c_ulong;
+}
+
+/// `patches.CUDA_STREAM_TAG`: the handle of a CUDA stream (named once, by the tracker).
+const CUDA_TAG: Handle = 1 << 62;
+
+/// The Python objects the hooks read, held until the tracker is collected.
+struct Refs {
+    /// The tracker's engine: the compiled one, or a wrapper of it (a timeline's
+    /// recording proxy), called through Python then.
+    engine: Py<PyAny>,
+    native: Option<Py<Engine>>,
+    tracker: Py<PyAny>,
+    /// `patches.thread_state.__dict__` of the watched thread: `depth`, `fast`.
+    tstate: Py<PyDict>,
+    /// `virtual.state.__dict__` of the watched thread: `stream`.
+    vstate: Py<PyDict>,
+    /// `virtual.host_storages`: CPU storages marked as host memory.
+    host_marks: Py<PyDict>,
+    /// `esper_lifetimes.tracking.memory.__dict__`: `emulating`.
+    memory: Py<PyDict>,
+    /// `tracker._named`: the stream handles the engine has a name for.
+    named: Py<PySet>,
+    /// `tracker._recs`: the tracker's storages by `id(storage)`.
+    recs: Py<PyDict>,
+    /// torch's own `Tensor.item`.
+    item: Py<PyAny>,
+}
+
+/// One engine update of a hook.
+enum Ev {
+    StreamWait(Handle, Handle),
+    EventRecord(Handle, Handle),
+    EventWait(Handle, Handle),
+    StreamSync(Handle),
+    EventSync(Handle),
+    DeviceSync,
+    StreamQuery(Handle, bool),
+    EventQuery(Handle, bool),
+}
+
+/// The hooks of one always-on tracker, and the part of its window schedule a barrier
+/// reads: the boundary count, the next boundary that opens a window, whether the common
+/// case applies (`quick`: no window open and the schedule drawn for the current rate).
+#[pyclass(module = "esper_lifetimes._core", weakref)]
+pub struct AlwaysOnHooks {
+    refs: Option<Refs>,
+    thread: u64,
+    /// The handle of `virtual.DEFAULT`, the stream when `vstate["stream"]` is None.
+    vdefault: Handle,
+    cpu_device: bool,
+    full: bool,
+    adopt_unseen: bool,
+    active: AtomicBool,
+    quick: AtomicBool,
+    boundary: AtomicI64,
+    next_open: AtomicI64,
+    barriers: AtomicU64,
+    logged: AtomicUsize,
+}
+
+fn current_thread() -> u64 {
+    // SAFETY: a plain query of the calling thread's id, valid with or without the GIL
+    #[allow(clippy::useless_conversion)] // c_ulong is 32 bits on Windows
+    u64::from(unsafe { PyThread_get_thread_ident() })
+}
+
+impl AlwaysOnHooks {
+    fn refs(&self) -> PyResult<&Refs> {
+        self.refs
+            .as_ref()
+            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the hooks were cleared"))
+    }
+
+    /// Feeds `ev` to the engine: under its lock, or through a wrapper's Python methods.
+    fn apply(py: Python<'_>, r: &Refs, ev: Ev) -> PyResult<()> {
+        if let Some(n) = &r.native {
+            let mut c = n.get().core.lock();
+            match ev {
+                Ev::StreamWait(a, b) => c.stream_wait(a, b),
+                Ev::EventRecord(e, s) => c.event_record(e, s),
+                Ev::EventWait(e, s) => c.event_wait(e, s),
+                Ev::StreamSync(s) => c.stream_synchronize(s),
+                Ev::EventSync(e) => c.event_synchronize(e),
+                Ev::DeviceSync => c.device_synchronize(),
+                Ev::StreamQuery(s, done) => c.stream_query(s, done),
+                Ev::EventQuery(e, done) => c.event_query(e, done),
+            }
+            return Ok(());
+        }
+        let e = r.engine.bind(py);
+        match ev {
+            Ev::StreamWait(a, b) => e.call_method1(intern!(py, "stream_wait"), (a, b)),
+            Ev::EventRecord(ev, s) => e.call_method1(intern!(py, "event_record"), (ev, s)),
+            Ev::EventWait(ev, s) => e.call_method1(intern!(py, "event_wait"), (ev, s)),
+            Ev::StreamSync(s) => e.call_method1(intern!(py, "stream_synchronize"), (s,)),
+            Ev::EventSync(ev) => e.call_method1(intern!(py, "event_synchronize"), (ev,)),
+            Ev::DeviceSync => e.call_method0(intern!(py, "device_synchronize")),
+            Ev::StreamQuery(s, d) => e.call_method1(intern!(py, "stream_query"), (s, d)),
+            Ev::EventQuery(ev, d) => e.call_method1(intern!(py, "event_query"), (ev, d)),
+        }?;
+        Ok(())
+    }
+
+    fn hazard_count(py: Python<'_>, r: &Refs) -> PyResult<usize> {
+        match &r.native {
+            Some(n) => Ok(n.get().core.lock().hazards().len()),
+            None => r
+                .engine
+                .bind(py)
+                .call_method0(intern!(py, "hazard_count"))?
+                .extract(),
+        }
+    }
+
+    /// Hands a failure to the tracker's diagnostics (never raises).
+    fn note(&self, py: Python<'_>, err: PyErr, what: &str) {
+        let Some(r) = &self.refs else {
+            err.write_unraisable(py, None);
+            return;
+        };
+        if let Err(e) = r
+            .tracker
+            .bind(py)
+            .call_method1(intern!(py, "note"), (err, what))
+        {
+            // the tracker itself failed to take it: printed as an unraisable error, as a
+            // finalizer's would be, rather than lost
+            e.write_unraisable(py, None);
+        }
+    }
+
+    fn guard(&self, py: Python<'_>, what: &str, f: impl FnOnce(&Refs) -> PyResult<()>) {
+        let r = match self.refs() {
+            Ok(r) => f(r),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.note(py, e, what);
+        }
+    }
+
+    /// Names a CUDA stream the engine has no name for yet (the tracker's Python does it).
+    fn name_if_cuda(py: Python<'_>, r: &Refs, obj: &Bound<'_, PyAny>, h: Handle) -> PyResult<()> {
+        if h & CUDA_TAG != 0 && !r.named.bind(py).contains(obj)? {
+            r.tracker
+                .bind(py)
+                .call_method1(intern!(py, "name_cuda_stream"), (obj,))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the tracker is alone on the calling thread (`patches.thread_state.fast`).
+    /// Only meaningful on the watched thread, the one whose state `tstate` is.
+    fn alone(py: Python<'_>, r: &Refs) -> PyResult<bool> {
+        Ok(match r.tstate.bind(py).get_item(intern!(py, "fast"))? {
+            Some(f) => f.is(r.tracker.bind(py)),
+            None => false,
+        })
+    }
+
+    /// A barrier on the watched thread. Alone there, the common case runs here; with
+    /// another tracker on the thread, the tracker's `_barrier` decides.
+    fn barrier_here(&self, py: Python<'_>, r: &Refs) -> PyResult<()> {
+        if !self.active.load(Relaxed) {
+            return Ok(());
+        }
+        if current_thread() != self.thread || !Self::alone(py, r)? {
+            r.tracker.bind(py).call_method0(intern!(py, "_barrier"))?;
+            return Ok(());
+        }
+        self.barrier_checked(py, r)
+    }
+
+    /// The barrier's bookkeeping for a caller that has checked the thread.
+    fn barrier_checked(&self, py: Python<'_>, r: &Refs) -> PyResult<()> {
+        self.barriers.fetch_add(1, Relaxed);
+        let mut window = false;
+        if !self.full {
+            let b = self.boundary.load(Relaxed);
+            if self.quick.load(Relaxed) && b != self.next_open.load(Relaxed) {
+                self.boundary.store(b + 1, Relaxed); // no window open, none opening here
+            } else {
+                window = true;
+            }
+        }
+        let new = Self::hazard_count(py, r)? != self.logged.load(Relaxed);
+        if window || new {
+            r.tracker
+                .bind(py)
+                .call_method1(intern!(py, "_barrier_slow"), (window,))?;
+        }
+        Ok(())
+    }
+
+    /// A blocking host read of `t` on the watched thread, alone there, no emulation.
+    fn blocking_read(&self, py: Python<'_>, r: &Refs, t: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !t.getattr(intern!(py, "is_cpu"))?.is_truthy()? || !r.host_marks.bind(py).is_empty() {
+            // CUDA memory (its current stream), marked host memory: the Python path
+            r.tracker
+                .bind(py)
+                .call_method1(intern!(py, "_blocking_read"), (t,))?;
+            return Ok(());
+        }
+        if !self.cpu_device {
+            return Ok(()); // host memory: no stream synchronized, no barrier
+        }
+        let h = match r.vstate.bind(py).get_item(intern!(py, "stream"))? {
+            Some(s) if !s.is_none() => handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?,
+            _ => self.vdefault, // memory.vcurrent(), inlined
+        };
+        Self::apply(py, r, Ev::StreamSync(h))?;
+        self.barrier_checked(py, r)
+    }
+}
+
+#[pymethods]
+impl AlwaysOnHooks {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (engine, tracker, thread, tstate, vstate, vdefault, host_marks, memory,
+                        named, recs, item, *, cpu_device, full, adopt_unseen))]
+    fn new(
+        engine: &Bound<'_, PyAny>,
+        tracker: Py<PyAny>,
+        thread: u64,
+        tstate: Py<PyDict>,
+        vstate: Py<PyDict>,
+        vdefault: &Bound<'_, PyAny>,
+        host_marks: Py<PyDict>,
+        memory: Py<PyDict>,
+        named: Py<PySet>,
+        recs: Py<PyDict>,
+        item: Py<PyAny>,
+        cpu_device: bool,
+        full: bool,
+        adopt_unseen: bool,
+    ) -> PyResult<Self> {
+        let vdefault = handle_arg(&vdefault.getattr("handle")?, "vdefault.handle")?;
+        Ok(AlwaysOnHooks {
+            refs: Some(Refs {
+                native: engine.cast::<Engine>().ok().map(|e| e.clone().unbind()),
+                engine: engine.clone().unbind(),
+                tracker,
+                tstate,
+                vstate,
+                host_marks,
+                memory,
+                named,
+                recs,
+                item,
+            }),
+            thread,
+            vdefault,
+            cpu_device,
+            full,
+            adopt_unseen,
+            active: AtomicBool::new(true),
+            quick: AtomicBool::new(false),
+            boundary: AtomicI64::new(0),
+            next_open: AtomicI64::new(0),
+            barriers: AtomicU64::new(0),
+            logged: AtomicUsize::new(0),
+        })
+    }
+
+    // -- the schedule and counters the tracker's Python reads and writes ---------------
+
+    #[getter]
+    fn active(&self) -> bool {
+        self.active.load(Relaxed)
+    }
+    #[setter]
+    fn set_active(&self, v: bool) {
+        self.active.store(v, Relaxed);
+    }
+    #[getter]
+    fn quick(&self) -> bool {
+        self.quick.load(Relaxed)
+    }
+    #[setter]
+    fn set_quick(&self, v: bool) {
+        self.quick.store(v, Relaxed);
+    }
+    #[getter]
+    fn boundary(&self) -> i64 {
+        self.boundary.load(Relaxed)
+    }
+    #[setter]
+    fn set_boundary(&self, v: i64) {
+        self.boundary.store(v, Relaxed);
+    }
+    #[getter]
+    fn next_open(&self) -> i64 {
+        self.next_open.load(Relaxed)
+    }
+    #[setter]
+    fn set_next_open(&self, v: i64) {
+        self.next_open.store(v, Relaxed);
+    }
+    #[getter]
+    fn barriers(&self) -> u64 {
+        self.barriers.load(Relaxed)
+    }
+    #[getter]
+    fn logged(&self) -> usize {
+        self.logged.load(Relaxed)
+    }
+    #[setter]
+    fn set_logged(&self, v: usize) {
+        self.logged.store(v, Relaxed);
+    }
+
+    /// The barrier's bookkeeping, for `AlwaysOnTracker._barrier` once it has checked
+    /// that the calling thread is the watched one and the tracker owns its events.
+    fn barrier(&self, py: Python<'_>) {
+        self.guard(py, "barrier", |r| self.barrier_checked(py, r));
+    }
+
+    // -- the Watcher methods of patches.py and virtual.py ------------------------------
+
+    fn on_stream_wait(&self, py: Python<'_>, waiter: &Bound<'_, PyAny>, waited: &Bound<'_, PyAny>) {
+        self.guard(py, "wait_stream", |r| {
+            let (a, b) = (handle_arg(waiter, "waiter")?, handle_arg(waited, "waited")?);
+            if (a | b) & CUDA_TAG != 0 {
+                Self::name_if_cuda(py, r, waiter, a)?;
+                Self::name_if_cuda(py, r, waited, b)?;
+            }
+            Self::apply(py, r, Ev::StreamWait(a, b))
+        });
+    }
+
+    fn on_event_record(&self, py: Python<'_>, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) {
+        self.guard(py, "event_record", |r| {
+            let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
+            Self::name_if_cuda(py, r, stream, s)?;
+            Self::apply(py, r, Ev::EventRecord(e, s))
+        });
+    }
+
+    fn on_event_wait(&self, py: Python<'_>, event: &Bound<'_, PyAny>, stream: &Bound<'_, PyAny>) {
+        self.guard(py, "event_wait", |r| {
+            let (e, s) = (handle_arg(event, "event")?, handle_arg(stream, "stream")?);
+            Self::name_if_cuda(py, r, stream, s)?;
+            Self::apply(py, r, Ev::EventWait(e, s))
+        });
+    }
+
+    fn on_stream_query(&self, py: Python<'_>, stream: &Bound<'_, PyAny>, complete: bool) {
+        self.guard(py, "stream_query", |r| {
+            let s = handle_arg(stream, "stream")?;
+            Self::name_if_cuda(py, r, stream, s)?;
+            Self::apply(py, r, Ev::StreamQuery(s, complete))
+        });
+    }
+
+    fn on_event_query(&self, py: Python<'_>, event: &Bound<'_, PyAny>, complete: bool) {
+        self.guard(py, "event_query", |r| {
+            let e = handle_arg(event, "event")?;
+            Self::apply(py, r, Ev::EventQuery(e, complete))
+        });
+    }
+
+    fn on_stream_sync(&self, py: Python<'_>, stream: &Bound<'_, PyAny>) {
+        self.guard(py, "stream_synchronize", |r| {
+            let s = handle_arg(stream, "stream")?;
+            Self::name_if_cuda(py, r, stream, s)?;
+            Self::apply(py, r, Ev::StreamSync(s))
+        });
+        self.guard(py, "window", |r| self.barrier_here(py, r));
+    }
+
+    fn on_event_sync(&self, py: Python<'_>, event: &Bound<'_, PyAny>) {
+        self.guard(py, "event_synchronize", |r| {
+            let e = handle_arg(event, "event")?;
+            Self::apply(py, r, Ev::EventSync(e))
+        });
+        self.guard(py, "window", |r| self.barrier_here(py, r));
+    }
+
+    fn on_device_sync(&self, py: Python<'_>) {
+        self.guard(py, "device_synchronize", |r| {
+            Self::apply(py, r, Ev::DeviceSync)
+        });
+        self.guard(py, "window", |r| self.barrier_here(py, r));
+    }
+
+    /// `Tensor.item()` while the tracker runs: torch's own, then, on the watched thread
+    /// and outside the tracker's own calls, the blocking read (a sync of the current
+    /// stream) and the barrier. Raises only what torch's `item` raises.
+    fn item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let r = self.refs()?;
+        let result = r.item.bind(py).call1((t,))?.unbind();
+        if !self.active.load(Relaxed) || current_thread() != self.thread {
+            return Ok(result);
+        }
+        let step = || -> PyResult<()> {
+            let ts = r.tstate.bind(py);
+            if let Some(d) = ts.get_item(intern!(py, "depth"))? {
+                if d.is_truthy()? {
+                    return Ok(()); // inside a patched call: not an event of the program
+                }
+            }
+            let emulating = match r.memory.bind(py).get_item(intern!(py, "emulating"))? {
+                Some(v) => v.is_truthy()?,
+                None => false,
+            };
+            if emulating || !Self::alone(py, r)? {
+                // the real device of an emulated tensor, or another tracker on the thread
+                r.tracker
+                    .bind(py)
+                    .call_method1(intern!(py, "_item_slow"), (t,))?;
+                return Ok(());
+            }
+            self.blocking_read(py, r, t)
+        };
+        if let Err(e) = step() {
+            self.note(py, e, "blocking read");
+        }
+        Ok(result)
+    }
+
+    /// Whether `Tensor.record_stream` on `t` has nothing to record: its storage is not
+    /// one the tracker tracks (allocated outside a window). False when unsure (the
+    /// tracker's Python path then decides).
+    fn untracked_storage(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> bool {
+        let Some(r) = &self.refs else { return false };
+        if self.adopt_unseen {
+            return false;
+        }
+        let Ok(st) = t.call_method0(intern!(py, "untyped_storage")) else {
+            return false;
+        };
+        // id(storage): the object's address, as CPython's id() gives it
+        let key = st.as_ptr() as usize;
+        matches!(r.recs.bind(py).contains(key), Ok(false))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(r) = &self.refs {
+            visit.call(&r.engine)?;
+            if let Some(n) = &r.native {
+                visit.call(n)?;
+            }
+            visit.call(&r.tracker)?;
+            visit.call(&r.tstate)?;
+            visit.call(&r.vstate)?;
+            visit.call(&r.host_marks)?;
+            visit.call(&r.memory)?;
+            visit.call(&r.named)?;
+            visit.call(&r.recs)?;
+            visit.call(&r.item)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.refs = None;
+    }
+}

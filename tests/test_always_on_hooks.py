@@ -1,0 +1,157 @@
+"""The always-on tracker's compiled hooks (rust/hooks.rs), on virtual streams: what they
+decide alone, what they hand back to the Python tracker, and that they never raise."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import esper_lifetimes as el
+import pytest
+import torch
+from esper_lifetimes import patches
+from esper_lifetimes import virtual as v
+from esper_lifetimes.reports import Timeline
+
+N = 1 << 14
+
+
+@pytest.fixture(autouse=True)
+def _switch_off_after():
+    yield
+    el.disable()
+    el.enable()
+
+
+def hazard_step(s: v.Stream) -> None:
+    """x freed while s may still read it (SEMANTICS.md's worked example)."""
+    x = torch.randn(N)
+    s.wait_stream(v.default_stream())
+    with v.stream(s):
+        y = x * 2  # noqa: F841
+    del x
+    z = torch.zeros(N)  # noqa: F841
+    v.synchronize()
+
+
+def test_the_hooks_are_compiled_while_running_and_gone_after():
+    tr = el.enable(mode="always-on", sample=0.0)
+    hooks = tr._hooks
+    for name in ("on_stream_wait", "on_stream_sync", "on_device_sync", "untracked_storage"):
+        assert getattr(tr, name).__self__ is hooks  # the compiled method, no Python frame
+    el.disable()
+    assert not hooks.active
+    assert "on_stream_wait" not in vars(tr)  # the Python methods are back
+
+
+def test_a_barrier_counts_and_advances_the_schedule_in_compiled_code():
+    tr = el.enable(mode="always-on", sample=0.0)
+    s = v.Stream(name="side")
+    before = tr._hooks.boundary
+    for _ in range(5):
+        s.synchronize()
+    v.synchronize()
+    torch.ones(1).item()  # a CPU tensor on the virtual device: a blocking read
+    assert tr.barriers == 7 and tr._hooks.boundary == before + 7
+    assert tr.windows_opened == 0
+
+
+def test_a_window_opens_and_closes_at_barriers_the_hooks_hand_back():
+    tr = el.enable(mode="always-on", sample=1.0, seed=0)
+    s = v.Stream(name="side")
+    opened = tr.windows_opened
+    for _ in range(3):
+        hazard_step(s)
+    assert tr.windows_opened == opened + 3
+    assert "unsynced-free" in {h.kind for h in tr.errors}  # reuse-race too if reused
+
+
+def test_a_hazard_is_logged_at_the_next_barrier(caplog):
+    tr = el.enable(mode="always-on", sample=1.0, seed=0)
+    s = v.Stream(name="side")
+    with caplog.at_level("ERROR", logger="esper_lifetimes"):
+        hazard_step(s)
+        tr.sample = 0.0  # the hooks' common case from here on
+        v.synchronize()
+        torch.ones(1).item()
+    assert sum("unsynced-free" in r.getMessage() for r in caplog.records) == 1
+    assert tr._hooks.logged == len(tr.hazards)
+
+
+def test_a_timeline_engine_is_fed_through_its_python_methods():
+    tl = Timeline(max_events=10_000)
+    tr = el.enable(mode="always-on", sample=1.0, seed=0, timeline=tl)
+    assert tr._hooks is not None
+    hazard_step(v.Stream(name="side"))
+    el.disable()
+    ops = {ev.op for ev in tl}
+    assert {"stream_wait", "device_synchronize", "alloc", "free"} <= ops
+    assert "unsynced-free" in {h.kind for h in tr.errors}  # reuse-race too if reused
+
+
+def test_a_bad_argument_is_noted_never_raised():
+    tr = el.enable(mode="always-on", sample=0.0)
+    tr.on_stream_wait("not a handle", 1)
+    tr.on_event_record(1, object())
+    tr.on_stream_sync(None)
+    where = [d.split(":")[0] for d in tr.diagnostics]
+    assert where == ["wait_stream", "event_record", "stream_synchronize"]
+    assert "InvalidArgumentError" in tr.diagnostics[0]
+
+
+def test_item_raises_what_torch_raises_and_nothing_else():
+    el.enable(mode="always-on", sample=0.0)
+    with pytest.raises(RuntimeError) as hooked:
+        torch.ones(3).item()
+    el.disable()
+    with pytest.raises(RuntimeError) as plain:
+        torch.ones(3).item()
+    assert str(hooked.value) == str(plain.value)
+    el.enable(mode="always-on", sample=0.0)
+    assert torch.tensor(2.5).item() == 2.5
+    assert torch.tensor(7).item() == 7
+
+
+def test_item_on_another_thread_or_inside_a_patched_call_is_no_barrier():
+    tr = el.enable(mode="always-on", sample=0.0)
+    t = threading.Thread(target=lambda: torch.ones(1).item())
+    t.start()
+    t.join()
+    patches.thread_state.depth += 1
+    try:
+        torch.ones(1).item()
+    finally:
+        patches.thread_state.depth -= 1
+    assert tr.barriers == 0
+    torch.ones(1).item()
+    assert tr.barriers == 1
+
+
+def test_item_inside_a_region_is_the_regions_event():
+    tr = el.enable(mode="always-on", sample=0.0)
+    with el.track("collect"):
+        torch.ones(1).item()  # the region owns the thread's events: no window games
+    assert tr.barriers == 0
+    torch.ones(1).item()
+    assert tr.barriers == 1
+
+
+def test_record_stream_of_an_untracked_storage_returns_at_once():
+    tr = el.enable(mode="always-on", sample=0.0)
+    s = v.Stream(name="side")
+    x = torch.ones(N)  # allocated outside any window
+    assert tr.untracked_storage(x)
+    x.record_stream(s)
+    assert tr.hazards == [] and tr.diagnostics == []
+
+
+def test_the_tracker_and_its_hooks_are_collected_after_disable():
+    tr = el.enable(mode="always-on", sample=1.0, seed=0)
+    hazard_step(v.Stream(name="side"))
+    el.disable()
+    el.enable()
+    ref, href = weakref.ref(tr), weakref.ref(tr._hooks)
+    del tr
+    gc.collect()
+    assert ref() is None and href() is None
