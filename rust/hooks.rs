@@ -51,8 +51,6 @@ struct Refs {
     named: Py<PySet>,
     /// `tracker._recs`: the tracker's storages by `id(storage)`.
     recs: Py<PyDict>,
-    /// torch's own `Tensor.item`.
-    item: Py<PyAny>,
 }
 
 /// One engine update of a hook.
@@ -247,7 +245,7 @@ impl AlwaysOnHooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (engine, tracker, thread, tstate, vstate, vdefault, host_marks, memory,
-                        named, recs, item, *, cpu_device, full, adopt_unseen))]
+                        named, recs, *, cpu_device, full, adopt_unseen))]
     fn new(
         engine: &Bound<'_, PyAny>,
         tracker: Py<PyAny>,
@@ -259,7 +257,6 @@ impl AlwaysOnHooks {
         memory: Py<PyDict>,
         named: Py<PySet>,
         recs: Py<PyDict>,
-        item: Py<PyAny>,
         cpu_device: bool,
         full: bool,
         adopt_unseen: bool,
@@ -276,7 +273,6 @@ impl AlwaysOnHooks {
                 memory,
                 named,
                 recs,
-                item,
             }),
             thread,
             vdefault,
@@ -413,15 +409,15 @@ impl AlwaysOnHooks {
         self.guard(py, "window", |r| self.barrier_here(py, r));
     }
 
-    /// `Tensor.item()` while the tracker runs: torch's own, then, on the watched thread
-    /// and outside the tracker's own calls, the blocking read (a sync of the current
-    /// stream) and the barrier. Raises only what torch's `item` raises.
-    fn item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let r = self.refs()?;
-        let result = r.item.bind(py).call1((t,))?.unbind();
+    /// After torch's `Tensor.item()` on `t` returned (the Python wrapper calls torch's
+    /// first: a call from here would build an argument tuple per call): on the watched
+    /// thread and outside the tracker's own calls, the blocking read (a sync of the
+    /// current stream) and the barrier. Never raises.
+    fn after_item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) {
         if !self.active.load(Relaxed) || current_thread() != self.thread {
-            return Ok(result);
+            return;
         }
+        let Some(r) = &self.refs else { return };
         let step = || -> PyResult<()> {
             let ts = r.tstate.bind(py);
             if let Some(d) = ts.get_item(intern!(py, "depth"))? {
@@ -445,23 +441,32 @@ impl AlwaysOnHooks {
         if let Err(e) = step() {
             self.note(py, e, "blocking read");
         }
-        Ok(result)
     }
 
-    /// Whether `Tensor.record_stream` on `t` has nothing to record: its storage is not
-    /// one the tracker tracks (allocated outside a window). False when unsure (the
-    /// tracker's Python path then decides).
-    fn untracked_storage(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> bool {
+    /// Whether `t.record_stream(...)` has nothing to record: called on the watched
+    /// thread, outside patched calls, with the tracker alone there, and `t`'s storage is
+    /// not one it tracks (allocated outside a window). False when unsure: the patched
+    /// method's Python path then decides.
+    fn skips_record(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> bool {
         let Some(r) = &self.refs else { return false };
-        if self.adopt_unseen {
+        if self.adopt_unseen || !self.active.load(Relaxed) || current_thread() != self.thread {
             return false;
         }
-        let Ok(st) = t.call_method0(intern!(py, "untyped_storage")) else {
-            return false;
+        let check = || -> PyResult<bool> {
+            let ts = r.tstate.bind(py);
+            if let Some(d) = ts.get_item(intern!(py, "depth"))? {
+                if d.is_truthy()? {
+                    return Ok(false);
+                }
+            }
+            if !Self::alone(py, r)? {
+                return Ok(false);
+            }
+            let st = t.call_method0(intern!(py, "untyped_storage"))?;
+            // id(storage): the object's address, as CPython's id() gives it
+            Ok(!r.recs.bind(py).contains(st.as_ptr() as usize)?)
         };
-        // id(storage): the object's address, as CPython's id() gives it
-        let key = st.as_ptr() as usize;
-        matches!(r.recs.bind(py).contains(key), Ok(false))
+        check().unwrap_or(false)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -477,7 +482,6 @@ impl AlwaysOnHooks {
             visit.call(&r.memory)?;
             visit.call(&r.named)?;
             visit.call(&r.recs)?;
-            visit.call(&r.item)?;
         }
         Ok(())
     }

@@ -38,10 +38,11 @@ def hazard_step(s: v.Stream) -> None:
 def test_the_hooks_are_compiled_while_running_and_gone_after():
     tr = el.enable(mode="always-on", sample=0.0)
     hooks = tr._hooks
-    for name in ("on_stream_wait", "on_stream_sync", "on_device_sync", "untracked_storage"):
+    for name in ("on_stream_wait", "on_stream_sync", "on_device_sync"):
         assert getattr(tr, name).__self__ is hooks  # the compiled method, no Python frame
+    assert patches.fast_hooks is hooks
     el.disable()
-    assert not hooks.active
+    assert not hooks.active and patches.fast_hooks is None
     assert "on_stream_wait" not in vars(tr)  # the Python methods are back
 
 
@@ -141,9 +142,16 @@ def test_record_stream_of_an_untracked_storage_returns_at_once():
     tr = el.enable(mode="always-on", sample=0.0)
     s = v.Stream(name="side")
     x = torch.ones(N)  # allocated outside any window
-    assert tr.untracked_storage(x)
+    assert tr._hooks.skips_record(x)
     x.record_stream(s)
     assert tr.hazards == [] and tr.diagnostics == []
+    with el.track("collect"):  # another tracker on the thread: its path decides
+        assert not tr._hooks.skips_record(x)
+    t = threading.Thread(target=lambda: out.append(tr._hooks.skips_record(x)))
+    out: list[bool] = []
+    t.start()
+    t.join()
+    assert out == [False]  # not the watched thread
 
 
 def test_the_tracker_and_its_hooks_are_collected_after_disable():

@@ -204,7 +204,6 @@ class AlwaysOnTracker(Tracker):
         "on_stream_sync",
         "on_event_sync",
         "on_device_sync",
-        "untracked_storage",
     )
 
     def _install_hooks(self) -> None:
@@ -219,7 +218,6 @@ class AlwaysOnTracker(Tracker):
             vars(memory),
             self._named,
             self._recs,
-            _torch_item,
             cpu_device=bool(self._cpu_device),
             full=self.mode == "full",
             adopt_unseen=bool(self._adopt_unseen),
@@ -227,12 +225,15 @@ class AlwaysOnTracker(Tracker):
         self._hooks = h
         for name in self._COMPILED:
             setattr(self, name, getattr(h, name))
+        patches.set_fast_hooks(h)
 
     def _remove_hooks(self) -> None:
         h = self._hooks
         if h is None:
             return
         h.active = False
+        if patches.fast_hooks is h:
+            patches.set_fast_hooks(None)
         for name in self._COMPILED:
             self.__dict__.pop(name, None)
 
@@ -370,16 +371,6 @@ class AlwaysOnTracker(Tracker):
     # compiled hooks' while the tracker runs (_install_hooks); the generic ones of
     # HookMixin stay underneath. The rest:
 
-    def untracked_storage(self, t: Any) -> bool:
-        """Whether ``t.record_stream(...)`` has nothing to record: its storage is not
-        tracked (allocated outside a window). The compiled hooks answer while running."""
-        if self._adopt_unseen:
-            return False
-        try:
-            return id(t.untyped_storage()) not in self._recs
-        except Exception:
-            return False  # the tracker's path decides
-
     def on_host_read(self, t: Any, device_sync: bool = True) -> None:
         super().on_host_read(t, device_sync)
         self._blocking_read(t)
@@ -467,10 +458,11 @@ _VDEFAULT = memory.VDEFAULT
 
 
 def _item(self: torch.Tensor) -> Any:
+    result = _torch_item(self)
     h = _item_hooks
-    if h is None:
-        return _torch_item(self)
-    return h.item(self)  # torch's item, then the blocking read (rust/hooks.rs)
+    if h is not None:
+        h.after_item(self)  # the blocking read and the barrier (rust/hooks.rs)
+    return result
 
 
 _item.__doc__ = _torch_item.__doc__

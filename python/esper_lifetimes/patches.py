@@ -87,6 +87,15 @@ class _ThreadState(threading.local):
 
 thread_state = _ThreadState()
 
+# The always-on run's compiled hooks (_core.AlwaysOnHooks) while it runs, else None: the
+# patched record_stream asks them first whether there is anything to record.
+fast_hooks: Any = None
+
+
+def set_fast_hooks(hooks: Any) -> None:
+    global fast_hooks
+    fast_hooks = hooks
+
 
 def active() -> list[Watcher]:
     """The trackers active on the calling thread (do not mutate)."""
@@ -268,15 +277,14 @@ def _make_record_stream(orig: Callable[..., Any]) -> Callable[..., Any]:
     vstream = virtual.Stream
 
     def record_stream(self: torch.Tensor, stream: Any) -> None:
-        st = thread_state
-        fast = st.fast
-        if fast is not None and not st.depth:
+        h = fast_hooks
+        if h is not None and h.skips_record(self):
             # The always-on tracker alone on this thread: a storage it does not track
             # (allocated outside a window) has nothing to record. Returns at once.
-            if fast.untracked_storage(self):
-                if not isinstance(stream, vstream):
-                    orig(self, stream)
-                return None
+            if not isinstance(stream, vstream):
+                orig(self, stream)
+            return None
+        st = thread_state
         if isinstance(stream, vstream):
             if st.active and not st.depth:
                 st.depth += 1
