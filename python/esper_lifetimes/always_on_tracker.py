@@ -448,8 +448,8 @@ class AlwaysOnTracker(Tracker):
 # ---------------------------------------------------------------------------------------
 # ``Tensor.item()`` dispatches ``_local_scalar_dense`` only to a dispatch mode, so outside
 # windows it is invisible; it is the one sync many loops have (``loss.item()``). While an
-# always-on tracker runs, a thin wrapper reports it (one thread-id and attribute check per
-# call when it is not the watched thread).
+# always-on tracker runs, a thin wrapper reports it to the tracker's compiled hooks
+# (AlwaysOnHooks.after_item: a thread-id check, then the blocking read and the barrier).
 
 _torch_item = torch.Tensor.item
 _host_marks = memory.host_marks
