@@ -128,6 +128,26 @@ impl AlwaysOnHooks {
         Ok(())
     }
 
+    /// `apply`, then the engine's hazard count (under the same lock when compiled).
+    fn apply_counted(py: Python<'_>, r: &Refs, ev: Ev) -> PyResult<usize> {
+        if let Some(n) = &r.native {
+            let mut c = n.get().core.lock();
+            match ev {
+                Ev::StreamSync(s) => c.stream_synchronize(s),
+                Ev::EventSync(e) => c.event_synchronize(e),
+                Ev::DeviceSync => c.device_synchronize(),
+                _ => {
+                    drop(c);
+                    Self::apply(py, r, ev)?;
+                    return Self::hazard_count(py, r);
+                }
+            }
+            return Ok(c.hazards().len());
+        }
+        Self::apply(py, r, ev)?;
+        Self::hazard_count(py, r)
+    }
+
     fn hazard_count(py: Python<'_>, r: &Refs) -> PyResult<usize> {
         match &r.native {
             Some(n) => Ok(n.get().core.lock().hazards().len()),
@@ -187,7 +207,8 @@ impl AlwaysOnHooks {
 
     /// A barrier on the watched thread. Alone there, the common case runs here; with
     /// another tracker on the thread, the tracker's `_barrier` decides.
-    fn barrier_here(&self, py: Python<'_>, r: &Refs) -> PyResult<()> {
+    /// `hazards`: the engine's hazard count just read under the lock of the sync.
+    fn barrier_here(&self, py: Python<'_>, r: &Refs, hazards: usize) -> PyResult<()> {
         if !self.active.load(Relaxed) {
             return Ok(());
         }
@@ -195,11 +216,12 @@ impl AlwaysOnHooks {
             r.tracker.bind(py).call_method0(intern!(py, "_barrier"))?;
             return Ok(());
         }
-        self.barrier_checked(py, r)
+        self.barrier_checked(py, r, hazards)
     }
 
-    /// The barrier's bookkeeping for a caller that has checked the thread.
-    fn barrier_checked(&self, py: Python<'_>, r: &Refs) -> PyResult<()> {
+    /// The barrier's bookkeeping for a caller that has checked the thread; `hazards`,
+    /// the engine's hazard count.
+    fn barrier_checked(&self, py: Python<'_>, r: &Refs, hazards: usize) -> PyResult<()> {
         self.barriers.fetch_add(1, Relaxed);
         let mut window = false;
         if !self.full {
@@ -210,13 +232,34 @@ impl AlwaysOnHooks {
                 window = true;
             }
         }
-        let new = Self::hazard_count(py, r)? != self.logged.load(Relaxed);
+        let new = hazards != self.logged.load(Relaxed);
         if window || new {
             r.tracker
                 .bind(py)
                 .call_method1(intern!(py, "_barrier_slow"), (window,))?;
         }
         Ok(())
+    }
+
+    /// A synchronize: the engine update (a failure noted as `what`), then the barrier
+    /// (a failure noted as "window"), as the Python tracker's `on_*_sync` + `_barrier`.
+    fn sync_then_barrier(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        ev: impl FnOnce(&Refs) -> PyResult<Ev>,
+    ) {
+        let Ok(r) = self.refs() else { return };
+        let hazards = match ev(r).and_then(|ev| Self::apply_counted(py, r, ev)) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.note(py, e, what);
+                Self::hazard_count(py, r)
+            }
+        };
+        if let Err(e) = hazards.and_then(|n| self.barrier_here(py, r, n)) {
+            self.note(py, e, "window");
+        }
     }
 
     /// A blocking host read of `t` on the watched thread, alone there, no emulation.
@@ -235,8 +278,8 @@ impl AlwaysOnHooks {
             Some(s) if !s.is_none() => handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?,
             _ => self.vdefault, // memory.vcurrent(), inlined
         };
-        Self::apply(py, r, Ev::StreamSync(h))?;
-        self.barrier_checked(py, r)
+        let hazards = Self::apply_counted(py, r, Ev::StreamSync(h))?;
+        self.barrier_checked(py, r, hazards)
     }
 }
 
@@ -338,7 +381,10 @@ impl AlwaysOnHooks {
     /// The barrier's bookkeeping, for `AlwaysOnTracker._barrier` once it has checked
     /// that the calling thread is the watched one and the tracker owns its events.
     fn barrier(&self, py: Python<'_>) {
-        self.guard(py, "barrier", |r| self.barrier_checked(py, r));
+        self.guard(py, "barrier", |r| {
+            let hazards = Self::hazard_count(py, r)?;
+            self.barrier_checked(py, r, hazards)
+        });
     }
 
     // -- the Watcher methods of patches.py and virtual.py ------------------------------
@@ -386,27 +432,21 @@ impl AlwaysOnHooks {
     }
 
     fn on_stream_sync(&self, py: Python<'_>, stream: &Bound<'_, PyAny>) {
-        self.guard(py, "stream_synchronize", |r| {
+        self.sync_then_barrier(py, "stream_synchronize", |r| {
             let s = handle_arg(stream, "stream")?;
             Self::name_if_cuda(py, r, stream, s)?;
-            Self::apply(py, r, Ev::StreamSync(s))
+            Ok(Ev::StreamSync(s))
         });
-        self.guard(py, "window", |r| self.barrier_here(py, r));
     }
 
     fn on_event_sync(&self, py: Python<'_>, event: &Bound<'_, PyAny>) {
-        self.guard(py, "event_synchronize", |r| {
-            let e = handle_arg(event, "event")?;
-            Self::apply(py, r, Ev::EventSync(e))
+        self.sync_then_barrier(py, "event_synchronize", |_| {
+            Ok(Ev::EventSync(handle_arg(event, "event")?))
         });
-        self.guard(py, "window", |r| self.barrier_here(py, r));
     }
 
     fn on_device_sync(&self, py: Python<'_>) {
-        self.guard(py, "device_synchronize", |r| {
-            Self::apply(py, r, Ev::DeviceSync)
-        });
-        self.guard(py, "window", |r| self.barrier_here(py, r));
+        self.sync_then_barrier(py, "device_synchronize", |_| Ok(Ev::DeviceSync));
     }
 
     /// After torch's `Tensor.item()` on `t` returned (the Python wrapper calls torch's
