@@ -19,7 +19,9 @@ comparison (same dispatch path, so the difference is the tracker's own work).
 The floor: a Python dispatch mode costs at least the lean no-op mode, and a tracker at
 least that plus its engine calls. A counting pass reports the engine calls per op and
 their cost (each engine method timed alone), so the tracker's own Python per op is
-track()'s overhead minus the no-op mode's minus the engine's.
+track()'s overhead minus the no-op mode's minus the engine's. A last pass times two
+parts of that Python per call: the frees (each registered storage's weakref callback) and
+the walks from freshly created internal frames (module calls) to the user's frame.
 
     python benchmarks/bench_tracking.py [--steps 30] [--repeats 5] [--width 64]
 """
@@ -161,6 +163,11 @@ def main() -> None:
         f"us/op ({per} calls/op) = {(lean + eng_us) / lean:.2f}x the lean mode's overhead; "
         f"track()'s own Python: {tr - lean - eng_us:.2f} us/op"
     )
+    parts_of = breakdown(parts, args.steps, ops_per_step)
+    per = "; ".join(
+        f"{k} {n:.2f}/op x {us:.2f} us = {n * us:.2f} us/op" for k, (n, us) in parts_of.items()
+    )
+    print(f"  timed per call (each with a timer's ~0.1 us): {per}")
 
 
 def engine_share(parts, steps: int, ops_per_step: int) -> tuple[dict[str, float], float]:  # noqa: ANN001
@@ -205,6 +212,47 @@ def engine_share(parts, steps: int, ops_per_step: int) -> tuple[dict[str, float]
     per_op = {k[1:]: v / ops for k, v in counts.items()}
     us = sum(per_op[k[1:]] * cost.get(k, 0.0) for k in counts)
     return per_op, us
+
+
+def breakdown(parts, steps: int, ops_per_step: int) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+    """Two parts of track()'s own Python, timed per call in a separate pass: the free of
+    each registered storage (its weakref callback) and the walk from an internal frame
+    that no earlier walk marked to the user's frame (``SiteTable.from_frame``: the
+    frames a module call creates). Returns name -> (calls per op, us per call)."""
+    from esper_lifetimes.sites import SiteTable
+
+    spent = {"frees": [0, 0], "site walks": [0, 0]}
+    pc = time.perf_counter_ns
+    walk = SiteTable.from_frame
+
+    def timed_walk(self, f):  # noqa: ANN001, ANN202
+        t0 = pc()
+        site = walk(self, f)
+        spent["site walks"][0] += 1
+        spent["site walks"][1] += pc() - t0
+        return site
+
+    with esper_lifetimes.track("collect", cpu="device") as tr:
+        free = tr._on_free_cb
+
+        def timed_free(ref) -> None:  # noqa: ANN001
+            t0 = pc()
+            free(ref)
+            spent["frees"][0] += 1
+            spent["frees"][1] += pc() - t0
+
+        tr._on_free_cb = timed_free
+        step(*parts)  # storages registered with the timed callback
+        for v in spent.values():
+            v[:] = [0, 0]
+        SiteTable.from_frame = timed_walk
+        try:
+            for _ in range(steps):
+                step(*parts)
+        finally:
+            SiteTable.from_frame = walk
+    ops = steps * ops_per_step
+    return {k: (n / ops, ns / n / 1e3 if n else 0.0) for k, (n, ns) in spent.items()}
 
 
 if __name__ == "__main__":
