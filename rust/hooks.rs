@@ -45,8 +45,6 @@ struct Refs {
     vstate: Py<PyDict>,
     /// `virtual.host_storages`: CPU storages marked as host memory.
     host_marks: Py<PyDict>,
-    /// `esper_lifetimes.tracking.memory.__dict__`: `emulating`.
-    memory: Py<PyDict>,
     /// `tracker._named`: the stream handles the engine has a name for.
     named: Py<PySet>,
     /// `tracker._recs`: the tracker's storages by `id(storage)`.
@@ -78,6 +76,10 @@ pub struct AlwaysOnHooks {
     full: bool,
     adopt_unseen: bool,
     active: AtomicBool,
+    /// The tracker is alone on its thread (`thread_state.fast`, told by `thread_fast`).
+    alone: AtomicBool,
+    /// CUDA emulation runs (`memory.emulating`, told by `memory.set_emulating`).
+    emulating: AtomicBool,
     quick: AtomicBool,
     boundary: AtomicI64,
     next_open: AtomicI64,
@@ -196,13 +198,10 @@ impl AlwaysOnHooks {
         Ok(())
     }
 
-    /// Whether the tracker is alone on the calling thread (`patches.thread_state.fast`).
-    /// Only meaningful on the watched thread, the one whose state `tstate` is.
-    fn alone(py: Python<'_>, r: &Refs) -> PyResult<bool> {
-        Ok(match r.tstate.bind(py).get_item(intern!(py, "fast"))? {
-            Some(f) => f.is(r.tracker.bind(py)),
-            None => false,
-        })
+    /// Whether the tracker is alone on its thread (`patches.thread_state.fast` there);
+    /// only meaningful on the watched thread.
+    fn alone(&self) -> bool {
+        self.alone.load(Relaxed)
     }
 
     /// A barrier on the watched thread. Alone there, the common case runs here; with
@@ -212,7 +211,7 @@ impl AlwaysOnHooks {
         if !self.active.load(Relaxed) {
             return Ok(());
         }
-        if current_thread() != self.thread || !Self::alone(py, r)? {
+        if current_thread() != self.thread || !self.alone() {
             r.tracker.bind(py).call_method0(intern!(py, "_barrier"))?;
             return Ok(());
         }
@@ -287,7 +286,7 @@ impl AlwaysOnHooks {
 impl AlwaysOnHooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (engine, tracker, thread, tstate, vstate, vdefault, host_marks, memory,
+    #[pyo3(signature = (engine, tracker, thread, tstate, vstate, vdefault, host_marks,
                         named, recs, *, cpu_device, full, adopt_unseen))]
     fn new(
         engine: &Bound<'_, PyAny>,
@@ -297,7 +296,6 @@ impl AlwaysOnHooks {
         vstate: Py<PyDict>,
         vdefault: &Bound<'_, PyAny>,
         host_marks: Py<PyDict>,
-        memory: Py<PyDict>,
         named: Py<PySet>,
         recs: Py<PyDict>,
         cpu_device: bool,
@@ -313,7 +311,6 @@ impl AlwaysOnHooks {
                 tstate,
                 vstate,
                 host_marks,
-                memory,
                 named,
                 recs,
             }),
@@ -323,6 +320,8 @@ impl AlwaysOnHooks {
             full,
             adopt_unseen,
             active: AtomicBool::new(true),
+            alone: AtomicBool::new(false),
+            emulating: AtomicBool::new(false),
             quick: AtomicBool::new(false),
             boundary: AtomicI64::new(0),
             next_open: AtomicI64::new(0),
@@ -340,6 +339,25 @@ impl AlwaysOnHooks {
     #[setter]
     fn set_active(&self, v: bool) {
         self.active.store(v, Relaxed);
+    }
+    #[getter]
+    fn emulating(&self) -> bool {
+        self.emulating.load(Relaxed)
+    }
+    #[setter]
+    fn set_emulating(&self, v: bool) {
+        self.emulating.store(v, Relaxed);
+    }
+    /// `patches._set_fast` set the calling thread's `fast` slot to `fast`: on the
+    /// watched thread, whether the tracker is alone there now.
+    fn thread_fast(&self, py: Python<'_>, fast: &Bound<'_, PyAny>) {
+        if current_thread() == self.thread {
+            let alone = self
+                .refs
+                .as_ref()
+                .is_some_and(|r| fast.is(r.tracker.bind(py)));
+            self.alone.store(alone, Relaxed);
+        }
     }
     #[getter]
     fn quick(&self) -> bool {
@@ -465,11 +483,7 @@ impl AlwaysOnHooks {
                     return Ok(()); // inside a patched call: not an event of the program
                 }
             }
-            let emulating = match r.memory.bind(py).get_item(intern!(py, "emulating"))? {
-                Some(v) => v.is_truthy()?,
-                None => false,
-            };
-            if emulating || !Self::alone(py, r)? {
+            if self.emulating.load(Relaxed) || !self.alone() {
                 // the real device of an emulated tensor, or another tracker on the thread
                 r.tracker
                     .bind(py)
@@ -499,7 +513,7 @@ impl AlwaysOnHooks {
                     return Ok(false);
                 }
             }
-            if !Self::alone(py, r)? {
+            if !self.alone() {
                 return Ok(false);
             }
             let st = t.call_method0(intern!(py, "untyped_storage"))?;
@@ -519,7 +533,6 @@ impl AlwaysOnHooks {
             visit.call(&r.tstate)?;
             visit.call(&r.vstate)?;
             visit.call(&r.host_marks)?;
-            visit.call(&r.memory)?;
             visit.call(&r.named)?;
             visit.call(&r.recs)?;
         }

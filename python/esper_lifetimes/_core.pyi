@@ -208,7 +208,6 @@ class AlwaysOnHooks:
         vstate: dict[str, Any],
         vdefault: Any,
         host_marks: dict[int, Any],
-        memory: dict[str, Any],
         named: set[int],
         recs: dict[int, Any],
         *,
@@ -217,6 +216,7 @@ class AlwaysOnHooks:
         adopt_unseen: bool,
     ) -> AlwaysOnHooks: ...
     active: bool
+    emulating: bool
     quick: bool
     boundary: int
     next_open: int
@@ -224,6 +224,7 @@ class AlwaysOnHooks:
     @property
     def barriers(self) -> int: ...
     def barrier(self) -> None: ...
+    def thread_fast(self, fast: Any) -> None: ...
     def on_stream_wait(self, waiter: int, waited: int) -> None: ...
     def on_event_record(self, event: int, stream: int) -> None: ...
     def on_event_wait(self, event: int, stream: int) -> None: ...

@@ -215,25 +215,24 @@ class AlwaysOnTracker(Tracker):
             virtual.state.__dict__,
             virtual.DEFAULT,
             memory.host_marks,
-            vars(memory),
             self._named,
             self._recs,
             cpu_device=bool(self._cpu_device),
             full=self.mode == "full",
             adopt_unseen=bool(self._adopt_unseen),
         )
+        h.emulating = memory.emulating
         self._hooks = h
         for name in self._COMPILED:
             setattr(self, name, getattr(h, name))
-        patches.set_fast_hooks(h)
+        patches.add_hooks(h)  # before push(): told when this thread's `fast` slot is set
 
     def _remove_hooks(self) -> None:
         h = self._hooks
         if h is None:
             return
         h.active = False
-        if patches.fast_hooks is h:
-            patches.set_fast_hooks(None)
+        patches.discard_hooks(h)
         for name in self._COMPILED:
             self.__dict__.pop(name, None)
 

@@ -87,14 +87,24 @@ class _ThreadState(threading.local):
 
 thread_state = _ThreadState()
 
-# The always-on run's compiled hooks (_core.AlwaysOnHooks) while it runs, else None: the
-# patched record_stream asks them first whether there is anything to record.
+# The compiled hooks (_core.AlwaysOnHooks) of the always-on trackers running, and the
+# latest one's (else None): the patched record_stream asks it first whether there is
+# anything to record. Each is told when its thread's `fast` slot changes (_set_fast).
+hook_sets: list[Any] = []
 fast_hooks: Any = None
 
 
-def set_fast_hooks(hooks: Any) -> None:
+def add_hooks(hooks: Any) -> None:
     global fast_hooks
+    hook_sets.append(hooks)
     fast_hooks = hooks
+
+
+def discard_hooks(hooks: Any) -> None:
+    global fast_hooks
+    if hooks in hook_sets:
+        hook_sets.remove(hooks)
+    fast_hooks = hook_sets[-1] if hook_sets else None
 
 
 def active() -> list[Watcher]:
@@ -121,7 +131,10 @@ def push(tracker: Watcher, mode: Any) -> None:
 
 def _set_fast() -> None:
     act = thread_state.active
-    thread_state.fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
+    fast = act[0] if len(act) == 1 and getattr(act[0], "_fast_hooks", False) else None
+    thread_state.fast = fast
+    for h in hook_sets:
+        h.thread_fast(fast)  # its own thread's slot: whether its tracker is alone there
 
 
 def pop(tracker: Watcher) -> Any:

@@ -94,6 +94,8 @@ def set_emulating(on: bool) -> None:
     """Called by :mod:`esper_lifetimes.emulate` as CUDA emulation starts and stops."""
     global emulating
     emulating = on
+    for h in patches.hook_sets:  # the always-on trackers' compiled hooks
+        h.emulating = on
 
 
 def vcurrent() -> int:
