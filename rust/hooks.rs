@@ -10,10 +10,12 @@
 //! which stays the one place of every rule: opening and closing windows, logging
 //! hazards, CUDA stream names, emulated or host memory, another tracker on the thread.
 //!
-//! The tracker installs these methods as instance attributes over its Python ones
-//! (`AlwaysOnTracker.start`), so the patched calls reach them with no Python frame.
-//! Nothing here raises into the program: a failure after torch's own call is handed to
-//! `tracker.note(exc, what)`.
+//! The tracker installs the `on_*` methods as instance attributes over its Python ones
+//! (`AlwaysOnTracker.start`), so the patched calls and virtual streams reach them with
+//! no Python frame of the tracker's; the `.item()` and `record_stream` wrappers call
+//! `after_item` and `skips_record`. Nothing here raises into the program: a failure is
+//! handed to `tracker.note(exc, what)`. The engine lock is never held across a call
+//! into Python.
 
 use crate::bindings::{handle_arg, Engine};
 use crate::engine::Handle;
