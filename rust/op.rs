@@ -196,6 +196,16 @@ impl Engine {
                         self.prefetch_storage(a as u64);
                     }
                 }
+                // An access (most rows) goes straight to the engine; a row that is not
+                // valid takes the general path below, which gives its error.
+                let [op, a, b, c] = block[i];
+                if (op == 1 || op == 2) && a >= 0 && b > 0 {
+                    if let Ok(checked) = self.check_access(a as u64, b as u64) {
+                        self.apply_access(a as u64, checked, c.into(), op == 2, NO_SITE);
+                        n += 1;
+                        continue;
+                    }
+                }
                 let at = |e: EngineError| EngineError::Row {
                     row: n,
                     error: Box::new(e),

@@ -281,7 +281,7 @@ impl Engine {
     }
 
     /// An access already validated by `check_access`.
-    pub(super) fn apply_access(
+    pub(crate) fn apply_access(
         &mut self,
         ptr: u64,
         (slot, base, len, end): Checked,
@@ -297,8 +297,8 @@ impl Engine {
             pos,
             site,
         };
-        let mut conflicts = std::mem::take(&mut self.scratch);
-        conflicts.clear();
+        // inline capacity 4: no allocation unless a storage has more conflicting streams
+        let mut conflicts = Conflicts::new();
         let mut unwaited: Option<(StreamIx, u64)> = None;
         {
             let (storages, streams, host) = (&mut self.storages, &self.streams, &self.host);
@@ -369,7 +369,6 @@ impl Engine {
             h.live = self.live(a, a0);
             self.report(h);
         }
-        self.scratch = conflicts;
     }
 
     /// One kernel launch on `stream`: reads then writes of `(ptr, nbytes)` ranges, each
@@ -400,7 +399,7 @@ impl Engine {
 
     /// The storage (base, length) and end of a valid access, or the error `access` would give.
     #[inline]
-    pub(super) fn check_access(&self, ptr: u64, nbytes: u64) -> Result<Checked> {
+    pub(crate) fn check_access(&self, ptr: u64, nbytes: u64) -> Result<Checked> {
         let end = Self::check_size(nbytes, ptr)?;
         let Some((slot, base, len)) = self.locate(ptr) else {
             return Err(EngineError::Outside { ptr, nbytes });

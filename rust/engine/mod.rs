@@ -181,17 +181,21 @@ impl Stats {
 
 /// A validated access: the storage's slot in the table (valid until a storage is added
 /// or removed), base and length, and the access's end.
-type Checked = (usize, u64, u64, u64);
+pub(crate) type Checked = (usize, u64, u64, u64);
 
 /// Most freed ranges kept for reuse checks; past this the lowest addresses are dropped
 /// (their `unsynced-free` was already reported; only a later `reuse-race` is lost).
 const MAX_TOMBS: usize = 1 << 18;
 
+/// Slots of `Engine::recent_streams` (a power of two).
+const RECENT_STREAMS: usize = 16;
+
 pub struct Engine {
     streams: Vec<Stream>,
     stream_ix: MixMap<Handle, StreamIx>,
-    /// The last stream looked up: most calls in a row name the same stream.
-    last_stream: (Handle, StreamIx),
+    /// Streams looked up lately, direct-mapped by handle (`order::recent_slot`): a
+    /// training loop's few streams each keep a slot, so most lookups skip the map.
+    recent_streams: [(Handle, StreamIx); RECENT_STREAMS],
     events: MixMap<Handle, Event>,
     host: Clock,
     /// Live storages by base pointer (the hot path: one probe reaches the state).
@@ -215,7 +219,6 @@ pub struct Engine {
     pending_seq: u64,
     errors: usize,
     processed: u64,
-    scratch: Conflicts,
 }
 
 impl Default for Engine {
@@ -229,7 +232,7 @@ impl Engine {
         Engine {
             streams: Vec::new(),
             stream_ix: MixMap::default(),
-            last_stream: (Handle::MIN, StreamIx(0)),
+            recent_streams: [(Handle::MIN, StreamIx(0)); RECENT_STREAMS],
             events: MixMap::default(),
             host: Clock::default(),
             storages: table::Storages::default(),
@@ -249,7 +252,6 @@ impl Engine {
             pending_seq: 0,
             errors: 0,
             processed: 0,
-            scratch: Conflicts::new(),
         }
     }
 

@@ -3,17 +3,26 @@
 
 use super::*;
 
+/// The slot of `handle` in `Engine::recent_streams`: low bits folded with higher ones
+/// (CUDA stream handles are aligned pointers, virtual ones small ints).
+#[inline]
+fn recent_slot(handle: Handle) -> usize {
+    let h = handle as u64;
+    ((h ^ (h >> 4) ^ (h >> 9) ^ (h >> 17)) as usize) & (RECENT_STREAMS - 1)
+}
+
 impl Engine {
     // ----- streams and events --------------------------------------------------------
 
     /// The dense index of a stream, creating it (from the host's clock) on first use.
     #[inline]
     pub(super) fn stream(&mut self, handle: Handle) -> StreamIx {
-        if self.last_stream.0 == handle {
-            return self.last_stream.1;
+        let slot = recent_slot(handle);
+        if self.recent_streams[slot].0 == handle {
+            return self.recent_streams[slot].1;
         }
         if let Some(&ix) = self.stream_ix.get(&handle) {
-            self.last_stream = (handle, ix);
+            self.recent_streams[slot] = (handle, ix);
             return ix;
         }
         let ix = StreamIx(self.streams.len() as u32);
