@@ -418,11 +418,14 @@ def time_variants(
     block: int,
     fixed: bool,
     stats: dict[str, dict[str, int]] | None = None,
+    blocks: dict[str, int] | None = None,
 ) -> dict[str, list[float]]:
     """Per-step seconds of each variant, one block of ``block`` steps per variant per
-    round, the order rotated every round. Returns the per-round times; ``stats`` gets,
-    per always-on variant, the steps, windows opened and ops checked over the rounds."""
+    round (``blocks[name]`` steps where given), the order rotated every round. Returns
+    the per-round times; ``stats`` gets, per always-on variant, the steps, windows
+    opened and ops checked over the rounds."""
     clock = api.clock()
+    blocks = blocks or {}
     names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in names}
     for name in names:  # warm-up: plans, caches, the allocator
@@ -432,21 +435,22 @@ def time_variants(
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            n = blocks.get(name, block)
             gc.collect()
             with variants[name]() as tr:
                 api.barrier()
                 t0 = clock()
-                for _ in range(block):
+                for _ in range(n):
                     train_step(envs, api, fixed)
                 api.barrier()
                 t1 = clock()
                 if stats is not None and hasattr(tr, "windows_opened"):
                     st = stats.setdefault(name, {"steps": 0, "windows": 0, "ops": 0})
-                    st["steps"] += block
+                    st["steps"] += n
                     st["windows"] += tr.windows_opened
                     ops = getattr(tr, "ops_checked", None)
                     st["ops"] += ops() if callable(ops) else 0
-            times[name].append((t1 - t0) / block)
+            times[name].append((t1 - t0) / n)
     return times
 
 
@@ -501,6 +505,29 @@ def count_late_frees(
         for _ in range(steps):
             train_step(envs, api, fixed=False)
     return n / steps, (spent / n / 1e3 if n else 0.0)
+
+
+def ratio_total_interval(
+    times: dict[str, list[float]],
+    name: str,
+    base: str = "untracked",
+    resamples: int = 2000,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """A bootstrap interval of :func:`ratio_total`: rounds (each a pair of adjacent
+    blocks) resampled with replacement, seeded, so one run prints one interval."""
+    import random
+
+    pairs = list(zip(times[name], times[base], strict=True))
+    rng = random.Random(0)
+    stats = []
+    for _ in range(resamples):
+        sample = rng.choices(pairs, k=len(pairs))
+        stats.append(sum(a for a, _ in sample) / sum(b for _, b in sample))
+    stats.sort()
+    lo = stats[int((1 - level) / 2 * resamples)]
+    hi = stats[int((1 + level) / 2 * resamples) - 1]
+    return lo, hi
 
 
 def ratio_iqr(times: dict[str, list[float]], name: str, base: str = "untracked") -> float:
@@ -765,7 +792,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="time untracked, always-on and full only (no breakdown)",
     )
-    ap.add_argument("--rounds", type=int, default=31, help="timing rounds")
+    ap.add_argument("--rounds", type=int, default=101, help="timing rounds")
+    ap.add_argument(
+        "--full-block-div",
+        type=int,
+        default=5,
+        help="full tracking's block is --block divided by this (5)",
+    )
     ap.add_argument("--block", type=int, default=50, help="steps per timed block")
     ap.add_argument("--seeds", type=int, default=100, help="detection seeds")
     ap.add_argument("--max-steps", type=int, default=1000, help="detection horizon")
@@ -830,11 +863,16 @@ def main(argv: list[str] | None = None) -> int:
             variants["windows"] = lambda: AlwaysOn(1.0, None)
         variants["full"] = lambda: Full(api)
         stats: dict[str, dict[str, int]] = {}
-        times = time_variants(api, envs, variants, args.rounds, args.block, fixed, stats)
+        # Full tracking is several times slower and needs no 2% precision: a shorter
+        # block per round leaves the run's time to the rounds that decide the target.
+        full_block = max(1, args.block // args.full_block_div)
+        times = time_variants(
+            api, envs, variants, args.rounds, args.block, fixed, stats, {"full": full_block}
+        )
         print(
             f"step time ({args.hazard} loop, {clock_name}, median of {args.rounds} "
-            f"interleaved rounds x {args.block} steps; ratios: median of per-round ratios "
-            "and total over total):"
+            f"interleaved rounds x {args.block} steps ({full_block} for full); ratios: "
+            "median of per-round ratios and total over total):"
         )
         labels = {
             "patches": "ablation: patched methods installed, no tracker (idle wrappers)",
@@ -858,6 +896,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"   overhead {100 * (rt - 1):+.1f}% (target <= "
                         f"{100 * (TARGET_OVERHEAD - 1):.0f}%) {verdict(rt <= TARGET_OVERHEAD)}"
                     )
+                    if args.rounds >= 4:
+                        lo, hi = ratio_total_interval(times, name)
+                        line += f", 95% interval {100 * (lo - 1):+.1f}%..{100 * (hi - 1):+.1f}%"
                 else:
                     line += f"   overhead {100 * (rt - 1):+.1f}%"
                 if name in labels:
