@@ -717,10 +717,24 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     ns = {k: med[k] / variants[k].events * 1e9 for k in med}
     rate = {k: 1e9 / ns[k] for k in ns}
-    print(f"{'variant':<46}{'events/s':>10}{'ns/event':>10}{'spread':>8}   verdict (last run)")
+    # Best of the repetitions beside the median: other jobs on the machine only ever add
+    # time, so the fastest repetition is what the code costs with the least disturbance
+    # (timeit's advice). Targets are judged on the median; the best-of ratio is printed
+    # after it so that a noisy run shows how far the noise moved the figure.
+    best_ns = {k: min(v) / variants[k].events * 1e9 for k, v in times.items()}
+    print(
+        f"{'variant':<46}{'events/s':>10}{'ns/event':>10}{'best':>8}{'spread':>8}   "
+        "verdict (last run)"
+    )
     for k, v in variants.items():
         spread = (max(times[k]) - min(times[k])) / med[k] * 100
-        print(f"{v.label:<46}{fmt_rate(rate[k]):>10}{ns[k]:>10.1f}{spread:>7.0f}%   {v.verdict}")
+        print(
+            f"{v.label:<46}{fmt_rate(rate[k]):>10}{ns[k]:>10.1f}{best_ns[k]:>8.1f}"
+            f"{spread:>7.0f}%   {v.verdict}"
+        )
+
+    def best(num: str, den: str) -> str:
+        return f"; best-of {best_ns[num] / best_ns[den]:.2f}x"
 
     def target(ok: bool) -> str:
         return "meets target" if ok else "MISSES target"
@@ -731,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios["launch_calls_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a_l"]
         print(
             f"ratio (a-l) one call per launch, as the sanitizer is called, vs fastest torch "
-            f"sanitizer (c'): {r:.1f}x   [target >= 20x: {target(r >= 20)}]"
+            f"sanitizer (c'): {r:.1f}x   [target >= 20x: {target(r >= 20)}"
+            f"{best('c_fast', 'a_l')}]"
         )
         ratios["calls_vs_sanitizer_fastest"] = r = ns["c_fast"] / ns["a"]
         print(f"      (a) one call per access vs (c'): {r:.1f}x")
@@ -755,13 +770,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("ratio (a) vs floor (d): n/a (Engine._noop is missing)")
     ratios["bulk_events_per_second"] = rate["b"]
+    ratios["bulk_events_per_second_best"] = 1e9 / best_ns["b"]
     print(
-        f"ratio (b) bulk throughput: {rate['b'] / 1e6:.1f}M events/s   [target >= 20M/s: {target(rate['b'] >= 20e6)}]"
+        f"ratio (b) bulk throughput: {rate['b'] / 1e6:.1f}M events/s   [target >= 20M/s: "
+        f"{target(rate['b'] >= 20e6)}; best-of {1e3 / best_ns['b']:.1f}M]"
     )
     ratios["calls_large_vs_small_live"] = r = ns["a_large"] / ns["a"]
     print(
         f"ratio (a) per-event cost, {args.live_large:,} vs {args.live:,} live storages: {r:.2f}x   "
-        f"[target <= 2x: {target(r <= 2)}]"
+        f"[target <= 2x: {target(r <= 2)}{best('a_large', 'a')}]"
     )
     ratios["launch_calls_large_vs_small_live"] = r = ns["a_l_large"] / ns["a_l"]
     print(f"      (a-l) one call per launch: {r:.2f}x")
@@ -774,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "args": vars(args),
                     "ns_per_event": ns,
+                    "ns_per_event_best": best_ns,
                     "events_per_second": rate,
                     "ratios": ratios,
                 },
