@@ -131,6 +131,15 @@ def main() -> None:
         "lean no-op mode": LeanNoop,
         "track()": lambda: esper_lifetimes.track("collect", cpu="device"),
     }
+    # In-situ ablation: track() with its per-op path cut after the mode's head (budget,
+    # plan lookup) and after the site; what is left of track() is the storage work.
+    cuts = {
+        "track() head only": ablated("tr = self.tracker"),
+        "track() head+site": ablated("if tr._cpu_device:", in_try=True),
+        "track() no input access": ablated(None, drop="access(ref.ptr, nb, vh, w, site)"),
+    }
+    missing = [k for k, f in cuts.items() if f is None]
+    ways.update({k: f for k, f in cuts.items() if f is not None})
     for f in ways.values():  # warm-up: plans, caches, allocator
         run(f, 3, parts)
     best = {k: float("inf") for k in ways}
@@ -155,6 +164,26 @@ def main() -> None:
             f" = {tr / ov:.2f}x   (target <= {TARGET}x)"
         )
     print(f"  track() / untracked = {per_op['track()'] / base:.2f}x")
+    if missing:
+        print(f"  ablation skipped: the mode's source no longer has the cut lines ({missing})")
+    else:
+        lean_ov = per_op["lean no-op mode"] - base
+        stock_ov = per_op["stock no-op mode"] - base
+        head = per_op["track() head only"] - per_op["lean no-op mode"]
+        site = per_op["track() head+site"] - per_op["track() head only"]
+        rest = per_op["track()"] - per_op["track() head+site"]
+        acc = per_op["track()"] - per_op["track() no input access"]
+        print(
+            f"  in situ (ablation, best-of): the mode's head {head:.2f} us/op, the site "
+            f"{site:.2f} us/op, the storages (inputs, fresh outputs, frees) {rest:.2f} us/op, "
+            f"of which the inputs' engine calls (compiled) {acc:.2f} us/op"
+        )
+        budget = (TARGET - 1) * stock_ov - (lean_ov - stock_ov)
+        print(
+            f"  the target leaves {budget:.2f} us/op for all of track()'s own work above the "
+            f"lean mode; head and site alone take {head + site:.2f} "
+            f"(a tracker doing no storage work: {(lean_ov + head + site) / stock_ov:.2f}x)"
+        )
     calls, eng_us = engine_share(parts, args.steps, ops_per_step)
     lean = per_op["lean no-op mode"] - base
     per = ", ".join(f"{k} {v:.2f}" for k, v in calls.items())
@@ -168,6 +197,54 @@ def main() -> None:
         f"{k} {n:.2f}/op x {us:.2f} us = {n * us:.2f} us/op" for k, (n, us) in parts_of.items()
     )
     print(f"  timed per call (each with a timer's ~0.1 us): {per}")
+
+
+def ablated(cut: str | None, in_try: bool = False, drop: str | None = None):  # noqa: ANN201
+    """A context factory: ``track()`` with its mode's ``__torch_dispatch__`` cut short at
+    the line starting ``cut`` (the op still runs, the rest of the tracker's work is
+    skipped), or with the line ``drop`` (an engine call) made a no-op; None when the
+    source no longer has that line. The copy is compiled from the mode's own source, so
+    what it keeps is exactly the shipped code."""
+    import inspect
+    import textwrap
+
+    from esper_lifetimes.tracking import dispatch
+
+    src = textwrap.dedent(inspect.getsource(dispatch.Mode.__torch_dispatch__))
+    lines = src.splitlines(keepends=True)
+    body = None
+    for i, line in enumerate(lines):
+        text = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if cut is not None and text.startswith(cut):
+            body = "".join(lines[:i]) + f"{indent}return out\n"
+            if in_try:  # close the hot path's try block
+                body += f"{indent[:-4]}except Exception:\n{indent}pass\n"
+            break
+        if drop is not None and text == drop:
+            lines[i] = f"{indent}pass\n"
+            body = "".join(lines)
+            break
+    if body is None:
+        return None
+    ns = dict(vars(dispatch))
+    exec(compile(body, dispatch.__file__, "exec"), ns)  # noqa: S102
+    cut_fn = ns["__torch_dispatch__"]
+
+    class Ablated:
+        def __enter__(self):  # noqa: ANN204
+            self._saved = dispatch.Mode.__torch_dispatch__
+            dispatch.Mode.__torch_dispatch__ = cut_fn
+            self._tr = esper_lifetimes.track("collect", cpu="device")
+            return self._tr.__enter__()
+
+        def __exit__(self, *exc):  # noqa: ANN002, ANN204
+            try:
+                return self._tr.__exit__(*exc)
+            finally:
+                dispatch.Mode.__torch_dispatch__ = self._saved
+
+    return Ablated
 
 
 def engine_share(parts, steps: int, ops_per_step: int) -> tuple[dict[str, float], float]:  # noqa: ANN001
