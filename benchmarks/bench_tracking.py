@@ -1,7 +1,8 @@
 """Cost of ``track()`` on real torch code, against the dispatch machinery it rides on.
 
 Runs one op sequence (a small MLP's forward, backward and SGD step, on the CPU) four
-ways in one process, interleaved and repeated, and prints the best time of each:
+ways in one process (plus ablations of track()), interleaved and repeated, and prints
+the best time of each:
 
 * untracked;
 * under a stock no-op ``TorchDispatchMode`` (torch wraps its ``__torch_dispatch__`` in a
@@ -23,7 +24,7 @@ track()'s overhead minus the no-op mode's minus the engine's. A last pass times 
 parts of that Python per call: the frees (each registered storage's weakref callback) and
 the walks from freshly created internal frames (module calls) to the user's frame.
 
-    python benchmarks/bench_tracking.py [--steps 30] [--repeats 5] [--width 64]
+    python benchmarks/bench_tracking.py [--steps 10] [--repeats 40] [--width 64]
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ class _Null:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=15)
+    # short blocks, many of them: the machine's slow spells last seconds, and the best
+    # block of each variant is what is compared
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
@@ -143,9 +146,10 @@ def main() -> None:
     for f in ways.values():  # warm-up: plans, caches, allocator
         run(f, 3, parts)
     best = {k: float("inf") for k in ways}
-    for _ in range(args.repeats):
-        for k, f in ways.items():
-            best[k] = min(best[k], run(f, args.steps, parts))
+    names = list(ways)
+    for r in range(args.repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:  # the order rotated
+            best[k] = min(best[k], run(ways[k], args.steps, parts))
 
     per_op = {k: v / args.steps / ops_per_step * 1e6 for k, v in best.items()}
     base = per_op["untracked"]

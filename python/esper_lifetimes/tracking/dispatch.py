@@ -83,9 +83,9 @@ class Mode(TorchDispatchMode):
         tr = self.tracker
         if sp == GENERIC:
             # The hot path, inlined: the common cases (a known storage standing for device
-            # memory on a virtual stream, read or written whole; a fresh output) cost no
-            # Python call but the engine's; everything else goes through Tracker._touch
-            # and Tracker._fresh.
+            # memory on a virtual stream, read or written whole; a fresh output; inside an
+            # always-on window, an input allocated before it) cost no Python call but the
+            # engine's; everything else goes through Tracker._touch and Tracker._fresh.
             try:
                 # The site: the first frame outside torch and esper_lifetimes
                 # (SiteTable.here, inlined). Frame 0 is this one, 1 torch's caller.
@@ -112,6 +112,7 @@ class Mode(TorchDispatchMode):
                     vh = None
                 recs = tr._recs
                 access = tr._access
+                adopt = tr._adopt_unseen
                 n = len(args)
                 for i, name, w in plan.pos:
                     if i < n:
@@ -126,7 +127,12 @@ class Mode(TorchDispatchMode):
                         except Exception:
                             continue
                         ref = recs.get(id(st))
-                        if ref is not None and ref.kind == VIRTUAL:
+                        if ref is None:
+                            if not adopt:
+                                # not seen allocated (an always-on window's inputs from
+                                # before it): not tracked (StorageMixin._new_ref, inlined)
+                                continue
+                        elif ref.kind == VIRTUAL:
                             nb = a.nbytes
                             if nb == ref.nbytes and nb:
                                 if ref.astream != vh:
