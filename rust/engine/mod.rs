@@ -9,7 +9,7 @@
 
 mod host;
 mod memory;
-mod order;
+pub(crate) mod order;
 mod table;
 
 use crate::clock::{Clock, StreamIx};

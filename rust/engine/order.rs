@@ -6,7 +6,7 @@ use super::*;
 /// The slot of `handle` in `Engine::recent_streams`: low bits folded with higher ones
 /// (CUDA stream handles are aligned pointers, virtual ones small ints).
 #[inline]
-fn recent_slot(handle: Handle) -> usize {
+pub(crate) fn recent_slot(handle: Handle) -> usize {
     let h = handle as u64;
     ((h ^ (h >> 4) ^ (h >> 9) ^ (h >> 17)) as usize) & (RECENT_STREAMS - 1)
 }
