@@ -34,7 +34,10 @@ Measured in one run, variants interleaved, medians and ratios:
 
 Step times are the process's CPU time (``time.process_time``, one torch thread) on the
 CPU, wall time on CUDA. Other processes on the machine disturb wall time; CPU time much
-less, and each ratio is the median of per-round ratios of adjacent blocks.
+less, and each ratio is the median of per-round ratios of adjacent blocks. The judged
+always-on figure is total over total (every block's windows count), printed with a
+seeded bootstrap 95% interval over rounds; full tracking runs in blocks of
+``--block / --full-block-div`` steps, so the rounds go to the figure the target judges.
 
     python benchmarks/bench_training_loop.py            # everything, default sizes
     python benchmarks/bench_training_loop.py --quick    # a smoke run (seconds)
