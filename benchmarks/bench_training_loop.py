@@ -36,7 +36,7 @@ Step times are the process's CPU time (``time.process_time``, one torch thread) 
 CPU, wall time on CUDA. Other processes on the machine disturb wall time; CPU time much
 less, and each ratio is the median of per-round ratios of adjacent blocks. The judged
 always-on figure is total over total (every block's windows count), printed with a
-seeded bootstrap 95% interval over rounds; full tracking runs in blocks of
+seeded 95% interval (a moving-block bootstrap over rounds); full tracking runs in blocks of
 ``--block / --full-block-div`` steps, so the rounds go to the figure the target judges.
 
     python benchmarks/bench_training_loop.py            # everything, default sizes
@@ -517,16 +517,28 @@ def ratio_total_interval(
     resamples: int = 2000,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """A bootstrap interval of :func:`ratio_total`: rounds (each a pair of adjacent
-    blocks) resampled with replacement, seeded, so one run prints one interval."""
+    """A bootstrap interval of :func:`ratio_total`, seeded, so one run prints one interval.
+
+    Rounds (each a pair of adjacent blocks) are resampled in runs of consecutive rounds
+    (a circular moving-block bootstrap, runs of about n**(1/3) rounds): a shared
+    machine's slow spells last several rounds, and resampling rounds one by one would
+    treat them as independent and print too narrow an interval."""
     import random
 
     pairs = list(zip(times[name], times[base], strict=True))
+    n = len(pairs)
+    run = max(1, round(n ** (1 / 3)))
     rng = random.Random(0)
     stats = []
     for _ in range(resamples):
-        sample = rng.choices(pairs, k=len(pairs))
-        stats.append(sum(a for a, _ in sample) / sum(b for _, b in sample))
+        num = den = 0.0
+        for _ in range(-(-n // run)):
+            start = rng.randrange(n)
+            for k in range(run):
+                a, b = pairs[(start + k) % n]
+                num += a
+                den += b
+        stats.append(num / den)
     stats.sort()
     lo = stats[int((1 - level) / 2 * resamples)]
     hi = stats[int((1 + level) / 2 * resamples) - 1]
