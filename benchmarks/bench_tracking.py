@@ -140,6 +140,7 @@ def main() -> None:
         "track() head only": ablated("tr = self.tracker"),
         "track() head+site": ablated("if tr._cpu_device:", in_try=True),
         "track() no input access": ablated(None, drop="access(ref.ptr, nb, vh, w, site)"),
+        "track() caller frame, no site": ablated(None, frame_only=True),
     }
     missing = [k for k, f in cuts.items() if f is None]
     ways.update({k: f for k, f in cuts.items() if f is not None})
@@ -177,9 +178,11 @@ def main() -> None:
         site = per_op["track() head+site"] - per_op["track() head only"]
         rest = per_op["track()"] - per_op["track() head+site"]
         acc = per_op["track()"] - per_op["track() no input access"]
+        frame = site - (per_op["track()"] - per_op["track() caller frame, no site"])
         print(
             f"  in situ (ablation, best-of): the mode's head {head:.2f} us/op, the site "
-            f"{site:.2f} us/op, the storages (inputs, fresh outputs, frees) {rest:.2f} us/op, "
+            f"{site:.2f} us/op (of which fetching the caller's frame, sys._getframe(1): "
+            f"{frame:.2f}), the storages (inputs, fresh outputs, frees) {rest:.2f} us/op, "
             f"of which the inputs' engine calls (compiled) {acc:.2f} us/op"
         )
         budget = (TARGET - 1) * stock_ov - (lean_ov - stock_ov)
@@ -203,11 +206,14 @@ def main() -> None:
     print(f"  timed per call (each with a timer's ~0.1 us): {per}")
 
 
-def ablated(cut: str | None, in_try: bool = False, drop: str | None = None):  # noqa: ANN201
+def ablated(  # noqa: ANN201
+    cut: str | None, in_try: bool = False, drop: str | None = None, frame_only: bool = False
+):
     """A context factory: ``track()`` with its mode's ``__torch_dispatch__`` cut short at
     the line starting ``cut`` (the op still runs, the rest of the tracker's work is
-    skipped), or with the line ``drop`` (an engine call) made a no-op; None when the
-    source no longer has that line. The copy is compiled from the mode's own source, so
+    skipped), or with the line ``drop`` (an engine call) made a no-op, or (``frame_only``)
+    with the site found as ``None`` after the caller's frame is fetched; None when the
+    source no longer has those lines. The copy is compiled from the mode's own source, so
     what it keeps is exactly the shipped code."""
     import inspect
     import textwrap
@@ -217,6 +223,14 @@ def ablated(cut: str | None, in_try: bool = False, drop: str | None = None):  # 
     src = textwrap.dedent(inspect.getsource(dispatch.Mode.__torch_dispatch__))
     lines = src.splitlines(keepends=True)
     body = None
+    if frame_only:
+        texts = [line.strip() for line in lines]
+        if "f = _getframe(1)" not in texts or "del f, m" not in texts:
+            return None
+        i, j = texts.index("f = _getframe(1)"), texts.index("del f, m")
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        body = "".join(lines[: i + 1]) + f"{indent}site = None\n{indent}del f\n"
+        body += "".join(lines[j + 1 :])
     for i, line in enumerate(lines):
         text = line.strip()
         indent = line[: len(line) - len(line.lstrip())]

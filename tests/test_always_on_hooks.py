@@ -13,6 +13,7 @@ import torch
 from esper_lifetimes import patches
 from esper_lifetimes import virtual as v
 from esper_lifetimes.reports import Timeline
+from test_always_on import p1_step  # SEMANTICS.md's worked example, with its barrier
 
 N = 1 << 14
 
@@ -22,17 +23,6 @@ def _switch_off_after():
     yield
     el.disable()
     el.enable()
-
-
-def hazard_step(s: v.Stream) -> None:
-    """x freed while s may still read it (SEMANTICS.md's worked example)."""
-    x = torch.randn(N)
-    s.wait_stream(v.default_stream())
-    with v.stream(s):
-        y = x * 2  # noqa: F841
-    del x
-    z = torch.zeros(N)  # noqa: F841
-    v.synchronize()
 
 
 def test_the_hooks_are_compiled_while_running_and_gone_after():
@@ -63,7 +53,7 @@ def test_a_window_opens_and_closes_at_barriers_the_hooks_hand_back():
     s = v.Stream(name="side")
     opened = tr.windows_opened
     for _ in range(3):
-        hazard_step(s)
+        p1_step(s)
     assert tr.windows_opened == opened + 3
     assert "unsynced-free" in {h.kind for h in tr.errors}  # reuse-race too if reused
 
@@ -72,7 +62,7 @@ def test_a_hazard_is_logged_at_the_next_barrier(caplog):
     tr = el.enable(mode="always-on", sample=1.0, seed=0)
     s = v.Stream(name="side")
     with caplog.at_level("ERROR", logger="esper_lifetimes"):
-        hazard_step(s)
+        p1_step(s)
         tr.sample = 0.0  # the hooks' common case from here on
         v.synchronize()
         torch.ones(1).item()
@@ -84,7 +74,7 @@ def test_a_timeline_engine_is_fed_through_its_python_methods():
     tl = Timeline(max_events=10_000)
     tr = el.enable(mode="always-on", sample=1.0, seed=0, timeline=tl)
     assert tr._hooks is not None
-    hazard_step(v.Stream(name="side"))
+    p1_step(v.Stream(name="side"))
     el.disable()
     ops = {ev.op for ev in tl}
     assert {"stream_wait", "device_synchronize", "alloc", "free"} <= ops
@@ -156,7 +146,7 @@ def test_record_stream_of_an_untracked_storage_returns_at_once():
 
 def test_the_tracker_and_its_hooks_are_collected_after_disable():
     tr = el.enable(mode="always-on", sample=1.0, seed=0)
-    hazard_step(v.Stream(name="side"))
+    p1_step(v.Stream(name="side"))
     el.disable()
     el.enable()
     ref, href = weakref.ref(tr), weakref.ref(tr._hooks)

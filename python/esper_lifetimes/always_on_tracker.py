@@ -471,26 +471,24 @@ _item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
 # The tracker whose thread the hook reports (the one started last), its compiled hooks,
 # and the patch.
 _started: AlwaysOnTracker | None = None
-_item_hooks: Any = None
-_after_item: Any = None  # _item_hooks.after_item, bound once (no attribute lookup per call)
+_after_item: Any = None  # the hooks' after_item, bound once (no attribute lookup per call)
 _item_patch: patches.PatchSet | None = None
 
 
 def install_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
     """Reports ``Tensor.item()`` to ``tracker`` (benchmarks install it alone, with None)."""
-    global _started, _item_hooks, _after_item, _item_patch
+    global _started, _after_item, _item_patch
     _started = tracker
-    _item_hooks = tracker._hooks if tracker is not None else None
-    _after_item = _item_hooks.after_item if _item_hooks is not None else None
+    hooks = tracker._hooks if tracker is not None else None
+    _after_item = hooks.after_item if hooks is not None else None
     if _item_patch is None:
         _item_patch = patches.PatchSet().apply([(torch.Tensor, "item", _item)])
 
 
 def remove_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
-    global _started, _item_hooks, _after_item, _item_patch
+    global _started, _after_item, _item_patch
     if _started is tracker:
         _started = None
-        _item_hooks = None
         _after_item = None
     ps, _item_patch = _item_patch, None
     if ps is not None:
