@@ -518,9 +518,16 @@ impl AlwaysOnHooks {
             if !self.alone() {
                 return Ok(false);
             }
+            let recs = r.recs.bind(py);
+            if recs.is_empty() {
+                // No storage tracked at all, the common case between windows (over
+                // 99% of the training loop's record_stream calls): nothing to look up,
+                // and no storage object is built for a tensor that had none.
+                return Ok(true);
+            }
             let st = t.call_method0(intern!(py, "untyped_storage"))?;
             // id(storage): the object's address, as CPython's id() gives it
-            Ok(!r.recs.bind(py).contains(st.as_ptr() as usize)?)
+            Ok(!recs.contains(st.as_ptr() as usize)?)
         };
         check().unwrap_or(false)
     }

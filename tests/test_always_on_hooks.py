@@ -144,6 +144,37 @@ def test_record_stream_of_an_untracked_storage_returns_at_once():
     assert out == [False]  # not the watched thread
 
 
+def test_record_stream_after_a_window_is_recorded_for_its_storages_only():
+    # Between windows the hooks skip record_stream for storages they do not track; with
+    # no storage tracked at all they skip before building the tensor's storage object.
+    # A storage allocated in a window stays tracked after it, and its record_stream
+    # outside the window must still reach the engine.
+    tr = el.enable(mode="always-on", sample=0.0)
+    s = v.Stream(name="side")
+    D = v.default_stream()
+    assert tr._recs == {} and tr._window is None
+    assert tr._hooks.skips_record(torch.ones(N))  # nothing tracked: the empty-table exit
+    tr.sample = 1.0
+    D.synchronize()  # a barrier: a window opens
+    assert tr._window is not None
+    x, y = torch.ones(N), torch.ones(N)  # allocated in the window: tracked
+    s.wait_stream(D)
+    with v.stream(s):
+        x.mul_(2)  # used on the side stream, in the window
+        y.mul_(2)
+    tr.sample = 0.0
+    D.synchronize()  # the window closes (the side stream's work is not complete)
+    assert tr._window is None and len(tr._recs) == 2
+    assert tr._hooks.skips_record(torch.ones(N))  # untracked, with tracked ones about
+    assert not tr._hooks.skips_record(x)
+    x.record_stream(s)  # outside the window: x's free waits for the side stream
+    del x, y  # y's free does not: its use on the side stream may still run
+    gc.collect()
+    assert tr._recs == {}
+    el.disable()  # the end of tracking: y's free is still uncovered, x's is covered
+    assert [h.kind for h in tr.errors] == ["unsynced-free"]
+
+
 def test_the_tracker_and_its_hooks_are_collected_after_disable():
     tr = el.enable(mode="always-on", sample=1.0, seed=0)
     p1_step(v.Stream(name="side"))
