@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import mmap
 import os
@@ -131,12 +132,25 @@ def _mlp_variants() -> dict[str, Any]:
 
     import esper_lifetimes
 
-    return {
+    out = {
         "untracked": bt._Null,
         "stock no-op mode": bt.StockNoop,
         "lean no-op mode": bt.LeanNoop,
         "track()": lambda: esper_lifetimes.track("collect", cpu="device"),
     }
+    # bench_tracking's in-place ablations: track() cut short in its own mode's source
+    for name, cut in ABLATIONS.items():
+        f = bt.ablated(*cut[:1], **cut[1])
+        if f is not None:
+            out[name] = f
+    return out
+
+
+ABLATIONS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "head only": ("tr = self.tracker", {}),
+    "head+site": ("if tr._cpu_device:", {"in_try": True}),
+    "no input access": (None, {"drop": "access(ref.ptr, nb, vh, w, site)"}),
+}
 
 
 def child(args: argparse.Namespace) -> int:
@@ -177,6 +191,9 @@ def child(args: argparse.Namespace) -> int:
             step()
         opened0 = getattr(tr, "windows_opened", None)
         checked0 = tr.ops_checked() if hasattr(tr, "ops_checked") else None
+        # as the timing benchmarks do before each block: a full collection, so that the
+        # collector's generations start empty and its passes fall at the same points
+        gc.collect()
         req(ZERO_STATS)
         for _ in range(args.steps):
             step()
@@ -374,6 +391,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {label}: track() overhead / {m} overhead = {t / n_ops:.0f} / "
                     f"{o / n_ops:.0f} per op = {t / o:.3f}x (target <= 1.25x the stock mode's)"
+                )
+            if set(ABLATIONS) <= set(names):
+                lean, stock = per_step("lean no-op mode", key), per_step("stock no-op mode", key)
+                head = per_step("head only", key) - lean
+                site = per_step("head+site", key) - per_step("head only", key)
+                rest = per_step("track()", key) - per_step("head+site", key)
+                acc = per_step("track()", key) - per_step("no input access", key)
+                budget = 1.25 * (stock - u) - (lean - u)
+                print(
+                    f"  {label} per op above the lean mode: head {head / n_ops:.0f}, site "
+                    f"{site / n_ops:.0f}, storages (inputs, fresh outputs, frees) "
+                    f"{rest / n_ops:.0f}, of which the inputs' engine calls {acc / n_ops:.0f}; "
+                    f"the 1.25x target leaves {budget / n_ops:.0f} for all of it"
                 )
     return 0
 
