@@ -21,10 +21,12 @@ always-on windows make the runs repeatable.
 Loops (``--loop``):
 
 * ``training`` (default): ``bench_training_loop.py``'s vectorized 4-environment step,
-  fixed, on virtual streams; variants untracked, the always-on ablations (patched methods
+  with its planted hazard (``--hazard fixed``: the clean loop), on virtual streams;
+  variants untracked, the always-on ablations (patched methods
   idle, ``.item()`` wrapper alone, hooks with no window, every stretch a window),
-  always-on at the default sample rate (seeded), and full tracking. The always-on figure
-  is also modelled from its parts: hooks plus the fraction of ops inside windows (counted
+  always-on at the default sample rate (seeded; ``--ao-steps`` steps, since a window
+  opens about once per hundred steps), and full tracking. The always-on figure is also
+  modelled from its parts: hooks plus the fraction of ops inside windows (counted
   natively over ``--cover-steps`` steps, same seed) times a window's extra per op.
 * ``mlp``: ``bench_tracking.py``'s MLP step; variants untracked, the stock and the lean
   no-op modes, ``track()``; prints track()'s overhead over each no-op mode's (target
@@ -43,6 +45,7 @@ import argparse
 import ctypes
 import gc
 import json
+import logging
 import mmap
 import os
 import platform
@@ -129,7 +132,6 @@ def _training_variants(sample: float) -> dict[str, Any]:
 
 def _mlp_variants() -> dict[str, Any]:
     import bench_tracking as bt
-
     import esper_lifetimes
 
     out = {
@@ -167,11 +169,15 @@ def child(args: argparse.Namespace) -> int:
         api = b.StreamAPI(False)
         envs = b.make_envs(api, 4)
         ctx = _training_variants(args.sample)[args.variant]
+        fixed = args.hazard == "fixed"
+        # as bench_training_loop.py does without --log: hazards are counted, not printed
+        logging.getLogger("esper_lifetimes").addHandler(logging.NullHandler())
+        logging.getLogger("esper_lifetimes").propagate = False
 
         def step() -> None:
-            b.train_step(envs, api, True)
+            b.train_step(envs, api, fixed)
 
-        info["ops_per_step"] = b.ops_per_step(envs, api, True)
+        info["ops_per_step"] = b.ops_per_step(envs, api, fixed)
     else:
         import bench_tracking as bt
 
@@ -208,7 +214,7 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def cover(sample: float, steps: int) -> tuple[float, float]:
+def cover(sample: float, steps: int, fixed: bool) -> tuple[float, float]:
     """Natively, with the children's seed: the fraction of ops always-on checks inside
     windows, and windows per step, over ``steps`` steps after the same warm-up."""
     import bench_training_loop as b
@@ -217,10 +223,12 @@ def cover(sample: float, steps: int) -> tuple[float, float]:
     torch.set_num_threads(1)
     api = b.StreamAPI(False)
     envs = b.make_envs(api, 4)
-    n_ops = b.ops_per_step(envs, api, True)
+    n_ops = b.ops_per_step(envs, api, fixed)
+    logging.getLogger("esper_lifetimes").addHandler(logging.NullHandler())
+    logging.getLogger("esper_lifetimes").propagate = False
     with b.AlwaysOn(sample, 0) as tr:
         for _ in range(steps):
-            b.train_step(envs, api, True)
+            b.train_step(envs, api, fixed)
         return tr.ops_checked() / (steps * n_ops), tr.windows_opened / steps
 
 
@@ -260,11 +268,13 @@ def run_variant(args: argparse.Namespace, variant: str, tmp: str) -> dict[str, A
         "--variant",
         variant,
         "--steps",
-        str(args.steps),
+        str(args.ao_steps if variant == "always-on" else args.steps),
         "--warmup",
         str(args.warmup),
         "--sample",
         str(args.sample),
+        "--hazard",
+        args.hazard,
         "--out",
         out,
     ]
@@ -295,8 +305,15 @@ def cycles(c: dict[str, int]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loop", choices=("training", "mlp"), default="training")
+    ap.add_argument(
+        "--hazard",
+        choices=("planted", "fixed"),
+        default="planted",
+        help="the training loop with its planted hazard (bench_training_loop's default) or fixed",
+    )
     ap.add_argument("--steps", type=int, default=None, help="counted steps (training 40, mlp 10)")
     ap.add_argument("--warmup", type=int, default=5, help="steps before the counters are zeroed")
+    ap.add_argument("--ao-steps", type=int, default=400, help="counted steps of always-on")
     ap.add_argument("--variants", default=None, help="comma list (default: all of the loop)")
     ap.add_argument("--cache-sim", action="store_true", help="simulate caches: cycle estimate")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -341,14 +358,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"callgrind dumps kept in {args.keep} (callgrind_annotate --inclusive=yes FILE)")
     n_ops = res["untracked"]["ops_per_step"]
     base = res["untracked"]["counts"]
+    loop = f"training loop ({args.hazard})" if args.loop == "training" else "mlp loop"
     print(
-        f"{args.loop} loop: instructions per step (callgrind Ir), {args.steps} steps after "
+        f"{loop}: instructions per step (callgrind Ir), {args.steps} steps "
+        f"({args.ao_steps} for always-on) after "
         f"{args.warmup} warm-up, {n_ops} aten ops/step; {time.monotonic() - t0:.0f} s"
     )
 
     def per_step(v: str, key: str = "Ir") -> float:
         c = res[v]["counts"]
-        return (cycles(c) if key == "cyc" else c[key]) / args.steps
+        n = args.ao_steps if v == "always-on" else args.steps
+        return (cycles(c) if key == "cyc" else c[key]) / n
 
     for v in names:
         ir = per_step(v)
@@ -366,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         print("  cache events per step: " + ", ".join(keys))
         for v in names:
             c = res[v]["counts"]
-            print(f"    {v:18s} " + " ".join(f"{c[k] / args.steps:10.0f}" for k in keys))
+            n = args.ao_steps if v == "always-on" else args.steps
+            print(f"    {v:18s} " + " ".join(f"{c[k] / n:10.0f}" for k in keys))
     modelled = args.loop == "training" and {"hooks", "windows"} <= set(names)
     if modelled:
-        frac, wps = cover(args.sample, args.cover_steps)
+        frac, wps = cover(args.sample, args.cover_steps, args.hazard == "fixed")
     for key, label in (("Ir", "instructions"), ("cyc", "est. cycles")):
         if key == "cyc" and not args.cache_sim:
             continue

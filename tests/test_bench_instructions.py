@@ -1,0 +1,83 @@
+"""benchmarks/bench_instructions.py: its valgrind client requests are harmless without
+valgrind, its dump parsing reads callgrind's format, and (where valgrind is installed)
+one real counted run prints a per-step count. No figure is judged here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("esper_lifetimes")
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_instructions as bi  # noqa: E402
+
+
+def test_client_requests_do_nothing_outside_valgrind():
+    req = bi.Requests()
+    assert not req.on_valgrind()
+    for r in (bi.START_INSTRUMENTATION, bi.ZERO_STATS, bi.STOP_INSTRUMENTATION):
+        assert req(r) == 0  # the magic sequence is a no-op natively: default answer
+    req.dump("steps")  # a pointer argument: still nothing happens
+
+
+def test_parse_dump_reads_the_summary_line(tmp_path):
+    dump = tmp_path / "cg.x.1"
+    dump.write_text(
+        "version: 1\ncreator: callgrind-3.19.0\ncmd: python x.py\npart: 1\n"
+        "events: Ir D1mr DLmr\nsummary: 1000 20 3\nfl=(1) x.c\nfn=(1) f\n5 1000 20 3\n"
+        "totals: 1000 20 3\n"
+    )
+    counts = bi.parse_dump(str(dump))
+    assert counts == {"Ir": 1000, "D1mr": 20, "DLmr": 3}
+    assert bi.cycles(counts) == 1000 + 10 * 20 + 100 * 3
+    dump.write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no events/summary"):
+        bi.parse_dump(str(dump))
+
+
+def test_unknown_variant_is_named():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_instructions.py"), "--variants", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if shutil.which("valgrind") is None:
+        assert proc.returncode == 2 and "needs valgrind" in proc.stdout
+    else:
+        assert proc.returncode == 2 and "unknown variants ['nope']" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_one_counted_run_prints_instructions_per_step():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_instructions.py"),
+            "--loop",
+            "mlp",
+            "--variants",
+            "untracked",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--jobs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("mlp loop: instructions per step (callgrind Ir), 1 steps"), lines
+    row = lines[1].split()
+    assert row[0] == "untracked" and row[2] == "M/step" and float(row[1]) > 0.1, lines
