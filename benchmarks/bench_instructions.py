@@ -216,7 +216,7 @@ def child(args: argparse.Namespace) -> int:
 
 def cover(sample: float, steps: int, fixed: bool) -> tuple[float, float]:
     """Natively, with the children's seed: the fraction of ops always-on checks inside
-    windows, and windows per step, over ``steps`` steps after the same warm-up."""
+    windows, and windows per step, over ``steps`` steps from the tracker's start."""
     import bench_training_loop as b
     import torch
 
