@@ -361,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     loop = f"training loop ({args.hazard})" if args.loop == "training" else "mlp loop"
     print(
         f"{loop}: instructions per step (callgrind Ir), {args.steps} steps "
-        f"({args.ao_steps} for always-on) after "
-        f"{args.warmup} warm-up, {n_ops} aten ops/step; {time.monotonic() - t0:.0f} s"
+        + (f"({args.ao_steps} for always-on) " if "always-on" in names else "")
+        + f"after {args.warmup} warm-up, {n_ops} aten ops/step; {time.monotonic() - t0:.0f} s"
     )
 
     def per_step(v: str, key: str = "Ir") -> float:
