@@ -9,7 +9,7 @@ use crate::engine::{Engine as Core, Handle};
 use crate::error::{EngineError, ErrorClass};
 use crate::hazard::{Hazard as CoreHazard, Kind};
 use crate::sites::{SiteId, NO_SITE};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use pyo3::basic::CompareOp;
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
@@ -18,6 +18,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::OnceLock;
 
 create_exception!(
     _core,
@@ -299,10 +301,66 @@ impl<'a, 'py, N: Name> FromPyObject<'a, 'py> for Flag<N> {
 /// The engine, shared by every thread that holds it: all state sits behind one lock.
 #[pyclass(frozen, module = "esper_lifetimes._core")]
 pub struct Engine {
-    pub(crate) core: Mutex<Core>,
+    core: Mutex<Core>,
+    /// `set_error_signal`'s list: a call that raised the error count leaves one `None`
+    /// in it (if it is empty), so a tracker learns of a new error from the list's truth
+    /// value instead of a call per op.
+    signal: OnceLock<Py<PyList>>,
+}
+
+/// The engine's state, locked for one call; on release, a raised error count is
+/// appended to the error signal.
+pub(crate) struct CoreGuard<'a> {
+    core: MutexGuard<'a, Core>,
+    errors: usize,
+    signal: &'a OnceLock<Py<PyList>>,
+}
+
+impl Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        if self.core.error_count() != self.errors {
+            if let Some(list) = self.signal.get() {
+                // every caller holds the GIL (the lock is only taken from Python calls);
+                // a full list cannot fail to grow short of memory, and then the next
+                // safe point still reads the count itself
+                Python::attach(|py| {
+                    let list = list.bind(py);
+                    if list.is_empty() {
+                        // a flag, not a log: one entry until the owner clears it
+                        let _ = list.append(py.None());
+                    }
+                });
+            }
+        }
+    }
 }
 
 impl Engine {
+    /// The engine's state for one call (see [`CoreGuard`]).
+    #[inline]
+    pub(crate) fn lock(&self) -> CoreGuard<'_> {
+        let core = self.core.lock();
+        let errors = core.error_count();
+        CoreGuard {
+            core,
+            errors,
+            signal: &self.signal,
+        }
+    }
+
     /// Resolves `site` (None, str, or interned int) and runs `f`; a failed call rolls
     /// back a site it interned, so the engine is exactly as before the call.
     #[inline]
@@ -311,7 +369,7 @@ impl Engine {
         site: Site<'_, '_>,
         f: impl FnOnce(&mut Core, SiteId) -> Result<T, EngineError>,
     ) -> PyResult<T> {
-        let mut core = self.core.lock();
+        let mut core = self.lock();
         let mark = core.sites_len();
         let id = match site {
             None => NO_SITE,
@@ -343,7 +401,17 @@ impl Engine {
     fn new() -> Self {
         Engine {
             core: Mutex::new(Core::new()),
+            signal: OnceLock::new(),
         }
+    }
+
+    /// Gives the engine a list to signal new errors on: a later call that records an
+    /// error leaves one `None` in it (appended if the list is empty). The owner reads
+    /// the list's truth value and clears it at its safe point. Set once per engine.
+    fn set_error_signal(&self, signal: Bound<'_, PyList>) -> PyResult<()> {
+        self.signal.set(signal.unbind()).map_err(|_| {
+            InvalidArgumentError::new_err("set_error_signal: this engine already has its signal")
+        })
     }
 
     /// A storage `[ptr, ptr+nbytes)` allocated while `stream` was current.
@@ -373,7 +441,7 @@ impl Engine {
     /// The end of a region, test or run: every pending free is judged now, and the
     /// advice of record_stream sites redundant every time they ran is emitted.
     fn flush(&self) {
-        self.core.lock().flush();
+        self.lock().flush();
     }
 
     /// Work on `stream` reads (or writes) `[ptr, ptr+nbytes)` inside one live storage.
@@ -433,40 +501,40 @@ impl Engine {
     }
 
     fn event_record(&self, event: H<EventN>, stream: H<StreamN>) {
-        self.core.lock().event_record(event.0, stream.0);
+        self.lock().event_record(event.0, stream.0);
     }
 
     fn event_wait(&self, event: H<EventN>, stream: H<StreamN>) {
-        self.core.lock().event_wait(event.0, stream.0);
+        self.lock().event_wait(event.0, stream.0);
     }
 
     fn stream_wait(&self, waiter: H<WaiterN>, waited: H<WaitedN>) {
-        self.core.lock().stream_wait(waiter.0, waited.0);
+        self.lock().stream_wait(waiter.0, waited.0);
     }
 
     fn stream_synchronize(&self, stream: H<StreamN>) {
-        self.core.lock().stream_synchronize(stream.0);
+        self.lock().stream_synchronize(stream.0);
     }
 
     fn event_synchronize(&self, event: H<EventN>) {
-        self.core.lock().event_synchronize(event.0);
+        self.lock().event_synchronize(event.0);
     }
 
     fn device_synchronize(&self) {
-        self.core.lock().device_synchronize();
+        self.lock().device_synchronize();
     }
 
     fn stream_query(&self, stream: H<StreamN>, complete: Flag<CompleteN>) {
-        self.core.lock().stream_query(stream.0, complete.0);
+        self.lock().stream_query(stream.0, complete.0);
     }
 
     fn event_query(&self, event: H<EventN>, complete: Flag<CompleteN>) {
-        self.core.lock().event_query(event.0, complete.0);
+        self.lock().event_query(event.0, complete.0);
     }
 
     /// Forgets a destroyed event (keeps memory flat when events are made per step).
     fn forget_event(&self, event: H<EventN>) {
-        self.core.lock().forget_event(event.0);
+        self.lock().forget_event(event.0);
     }
 
     /// Names a stream for reports; `virtual=True`: its work completes only when the host
@@ -483,8 +551,7 @@ impl Engine {
             _ => None,
         };
         let is_virtual = Flag::get(r#virtual);
-        self.core
-            .lock()
+        self.lock()
             .define_stream(stream.0, name.as_deref(), is_virtual);
         Ok(())
     }
@@ -532,8 +599,7 @@ impl Engine {
 
     /// The host block was freed: forget pending copies over it.
     fn host_release(&self, host_ptr: Ptr<HostPtrN>, nbytes: Size) -> PyResult<()> {
-        self.core
-            .lock()
+        self.lock()
             .host_release(host_ptr.0, nbytes.0)
             .map_err(to_py)
     }
@@ -541,12 +607,12 @@ impl Engine {
     /// An int standing for `site` (cheaper than a str on hot paths).
     fn intern(&self, site: &Bound<'_, PyAny>) -> PyResult<u32> {
         let site = str_arg(site, "site")?;
-        Ok(self.core.lock().intern(&site))
+        Ok(self.lock().intern(&site))
     }
 
     /// `(base, nbytes, alloc_stream)` of the live storage containing `ptr`, or None.
     fn storage_at(&self, ptr: Ptr) -> Option<(u64, u64, Handle)> {
-        self.core.lock().storage_at(ptr.0)
+        self.lock().storage_at(ptr.0)
     }
 
     /// Distinct hazards in the order first found, from index `since`.
@@ -561,7 +627,7 @@ impl Engine {
                 ))
             })?,
         };
-        let core = self.core.lock();
+        let core = self.lock();
         Ok(core
             .hazards()
             .iter()
@@ -571,17 +637,17 @@ impl Engine {
     }
 
     fn hazard_count(&self) -> usize {
-        self.core.lock().hazards().len()
+        self.lock().hazards().len()
     }
 
     fn error_count(&self) -> usize {
-        self.core.lock().error_count()
+        self.lock().error_count()
     }
 
     /// The engine's counters (docs/ENGINE-API.md), one entry per `Stats` field.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (name, value) in self.core.lock().stats().fields() {
+        for (name, value) in self.lock().stats().fields() {
             d.set_item(name, value)?;
         }
         Ok(d)
@@ -617,7 +683,7 @@ impl Engine {
         let cells = buf
             .as_slice(py)
             .ok_or_else(|| InvalidArgumentError::new_err("replay: array is not contiguous"))?;
-        let mut core = self.core.lock();
+        let mut core = self.lock();
         let rows = cells
             .chunks_exact(4)
             .map(|r| [r[0].get(), r[1].get(), r[2].get(), r[3].get()]);

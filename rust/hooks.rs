@@ -105,7 +105,7 @@ impl AlwaysOnHooks {
     /// Feeds `ev` to the engine: under its lock, or through a wrapper's Python methods.
     fn apply(py: Python<'_>, r: &Refs, ev: Ev) -> PyResult<()> {
         if let Some(n) = &r.native {
-            let mut c = n.get().core.lock();
+            let mut c = n.get().lock();
             match ev {
                 Ev::StreamWait(a, b) => c.stream_wait(a, b),
                 Ev::EventRecord(e, s) => c.event_record(e, s),
@@ -135,7 +135,7 @@ impl AlwaysOnHooks {
     /// `apply`, then the engine's hazard count (under the same lock when compiled).
     fn apply_counted(py: Python<'_>, r: &Refs, ev: Ev) -> PyResult<usize> {
         if let Some(n) = &r.native {
-            let mut c = n.get().core.lock();
+            let mut c = n.get().lock();
             match ev {
                 Ev::StreamSync(s) => c.stream_synchronize(s),
                 Ev::EventSync(e) => c.event_synchronize(e),
@@ -154,7 +154,7 @@ impl AlwaysOnHooks {
 
     fn hazard_count(py: Python<'_>, r: &Refs) -> PyResult<usize> {
         match &r.native {
-            Some(n) => Ok(n.get().core.lock().hazards().len()),
+            Some(n) => Ok(n.get().lock().hazards().len()),
             None => r
                 .engine
                 .bind(py)

@@ -141,6 +141,22 @@ def test_worked_example_reports_unsynced_free_and_reuse_race():
     assert e.error_count() == 2 and e.hazard_count() == 2
 
 
+def test_error_signal_is_a_flag_raised_by_the_call_that_records_an_error():
+    e = Engine()
+    sig: list[None] = []
+    e.set_error_signal(sig)
+    p1_prefix(e)
+    e.free(X, "ex.py:4")
+    assert sig == []  # no error yet: the free is pending
+    e.alloc(X, N, D, "ex.py:5")  # judged here: unsynced-free and reuse-race
+    assert e.error_count() == 2 and sig == [None]  # one entry, not one per error
+    sig.clear()
+    e.access(X, N, D, True, "ex.py:6")
+    assert sig == []  # no new error
+    with pytest.raises(InvalidArgumentError, match="already has its signal"):
+        e.set_error_signal([])
+
+
 def test_reuse_race_on_partial_overlap_reports_both_storages():
     e = Engine()
     p1_prefix(e)

@@ -74,9 +74,14 @@ class Mode(TorchDispatchMode):
                 return func(*args, **kwargs)
             self.left = left - 1
         out = func(*args, **kwargs)
-        plan = PLANS.get(id(func))
-        if plan is None:
-            plan = make_plan(func)
+        try:
+            # the op's plan, cached on the OpOverload itself: one attribute read, where
+            # a lookup by id(func) cost a call and a dict probe per op
+            plan = func._esper_plan
+        except AttributeError:
+            plan = PLANS.get(id(func))
+            if plan is None:
+                plan = make_plan(func)
         sp = plan.special
         if sp == SKIP:
             return out  # a view or metadata op: no bytes, no engine call
@@ -206,6 +211,6 @@ class Mode(TorchDispatchMode):
                 tr._apply(plan, args, kwargs, out)
             except Exception as exc:
                 tr.note(exc, plan.name)
-        if tr._error_count() != tr._errors_seen:
+        if tr._err_signal:  # the engine recorded an error during the op
             tr.safe_point()
         return out

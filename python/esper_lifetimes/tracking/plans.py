@@ -174,6 +174,10 @@ def make_plan(func: Any) -> Plan:
         plan = Plan("<skip>", SKIP)
     plan.func = func
     PLANS[id(func)] = plan
+    try:
+        func._esper_plan = plan  # the dispatch mode's fast path (one attribute read)
+    except Exception:  # an operator object that takes no attributes: PLANS only
+        pass
     return plan
 
 
@@ -287,3 +291,5 @@ def register_special(code: int, handler: Callable[..., None], names: Iterable[st
     for k, p in list(PLANS.items()):
         if SPECIAL.get(p.name) == code:
             del PLANS[k]
+            if getattr(p.func, "_esper_plan", None) is p:
+                del p.func._esper_plan

@@ -74,7 +74,8 @@ class RegionMixin:
         self._eng = eng
         self._sites = SiteTable(eng)
         self._site_ids = self._sites.ids
-        self._error_count = eng.error_count
+        self._err_signal.clear()
+        eng.set_error_signal(self._err_signal)  # the dispatch mode's per-op check
         self._access = eng.access
         self._alloc = eng.alloc
         self._on_free_cb = self._on_free  # one bound method for every weakref
@@ -196,6 +197,7 @@ class RegionMixin:
             return  # a thread the region follows: its hazards surface in the region
         if patches.signal_pending():
             patches.raise_pending()  # a signal's exception caught in a callback of ours
+        self._err_signal.clear()  # cleared before the count is read: none is missed
         n = eng.error_count()
         if n == self._errors_seen and not self._held:
             return

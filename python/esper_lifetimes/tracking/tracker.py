@@ -69,6 +69,9 @@ class Tracker(RegionMixin, StorageMixin, CopyMixin, ApplyMixin, HookMixin):
         self._named: set[int] = set()
         self._seen = 0  # hazards already passed to the policy (index into the list)
         self._errors_seen = 0  # engine.error_count() at the last safe point
+        # appended to by the engine at each new error (Engine.set_error_signal), cleared
+        # by safe_point: the dispatch mode's per-op check is this list's truth value
+        self._err_signal: list[None] = []
         self._pending_policy = -1  # strictest policy of storages freed with new errors
         # shared (@checked): policy of storages whose free the engine may judge later
         # (a pending free, judged at the next alloc on its stream or at flush), by ptr
