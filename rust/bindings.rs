@@ -426,6 +426,23 @@ impl Engine {
         self.with_site(site, |c, id| c.alloc(ptr.0, nbytes.0, stream.0, id))
     }
 
+    /// `alloc`, then a whole write of the new storage on `stream` at `site`: the fresh
+    /// output of an op, in one call (the same as `alloc` then
+    /// `access(ptr, nbytes, stream, True, site)`).
+    #[pyo3(signature = (ptr, nbytes, stream, site=None))]
+    fn alloc_write(
+        &self,
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        site: Site<'_, '_>,
+    ) -> PyResult<()> {
+        self.with_site(site, |c, id| {
+            c.alloc(ptr.0, nbytes.0, stream.0, id)?;
+            c.access(ptr.0, nbytes.0, stream.0, true, id)
+        })
+    }
+
     /// A storage whose allocation was not seen (it existed before tracking began).
     #[pyo3(signature = (ptr, nbytes, stream, site=None))]
     fn adopt(

@@ -148,6 +148,8 @@ class Engine:
 
     def __init__(self) -> None: ...
     def alloc(self, ptr: int, nbytes: int, stream: int, site: _Site = None) -> None: ...
+    def alloc_write(self, ptr: int, nbytes: int, stream: int, site: _Site = None) -> None:
+        """``alloc`` then ``access(ptr, nbytes, stream, True, site)``, in one call."""
     def adopt(self, ptr: int, nbytes: int, stream: int, site: _Site = None) -> None:
         """A storage whose allocation was not seen (it existed before tracking)."""
     def access(

@@ -191,16 +191,28 @@ class Mode(TorchDispatchMode):
                             recs[key] = ref
                             ref.registered = False
                             if nbytes and p:
-                                try:
-                                    tr._alloc(p, nbytes, vh, site)
-                                    ref.registered = True
-                                except LifetimesError:
-                                    tr._engine_alloc(ref, vh, site)
-                                if plan.write_out and ref.registered:
-                                    if out.nbytes == nbytes:
-                                        access(p, nbytes, vh, True, site)
-                                    else:
-                                        tr._touch(out, True, site, vh)
+                                aw = tr._alloc_write
+                                if aw is not None and plan.write_out and out.nbytes == nbytes:
+                                    # the common fresh output: allocated and written
+                                    # whole, one engine call
+                                    try:
+                                        aw(p, nbytes, vh, site)
+                                        ref.registered = True
+                                    except LifetimesError:
+                                        tr._engine_alloc(ref, vh, site)
+                                        if ref.registered:
+                                            access(p, nbytes, vh, True, site)
+                                else:
+                                    try:
+                                        tr._alloc(p, nbytes, vh, site)
+                                        ref.registered = True
+                                    except LifetimesError:
+                                        tr._engine_alloc(ref, vh, site)
+                                    if plan.write_out and ref.registered:
+                                        if out.nbytes == nbytes:
+                                            access(p, nbytes, vh, True, site)
+                                        else:
+                                            tr._touch(out, True, site, vh)
                         # else: a storage already known is an alias of an input
                     else:
                         tr._fresh(out, plan.write_out, site, host, vh)
