@@ -157,6 +157,27 @@ def test_error_signal_is_a_flag_raised_by_the_call_that_records_an_error():
         e.set_error_signal([])
 
 
+def test_alloc_write_is_alloc_then_a_whole_write():
+    # the fresh output's one call: the same verdicts as alloc then access(write=True)
+    def run(fused: bool) -> list:
+        e = Engine()
+        if fused:
+            e.alloc_write(X, N, D, "ex.py:1")
+        else:
+            e.alloc(X, N, D, "ex.py:1")
+            e.access(X, N, D, True, "ex.py:1")
+        e.access(X, N, S, False, "ex.py:2")  # read on S, unordered after D's write
+        e.free(X, "ex.py:3")
+        e.alloc(Y, N, D, "ex.py:4")  # judges the pending free
+        return [(h.kind, h.use_stream, h.use_site) for h in e.hazards()]
+
+    assert run(True) == run(False) != []
+    e = Engine()
+    with pytest.raises(InvalidArgumentError):
+        e.alloc_write(X, 0, D)  # the checks are alloc's
+    assert e.stats()["live_storages"] == 0
+
+
 def test_reuse_race_on_partial_overlap_reports_both_storages():
     e = Engine()
     p1_prefix(e)

@@ -90,6 +90,9 @@ def test_each_op_has_the_engine_methods_parameters(op):
 def test_every_public_engine_method_is_an_op_a_query_or_intern():
     public = {m for m in dir(_core.Engine) if not m.startswith("_")}
     known = set(vocab.OPS) | set(vocab.QUERIES) | {vocab.INTERN.name}
+    known |= set(vocab.COMPOSITES) | set(vocab.CONTROL)
+    for name, parts in vocab.COMPOSITES.items():
+        assert set(parts) <= set(vocab.OPS), name  # stands for ops a trace can hold
     assert public - known == set()
     assert known - public <= {"adopt", "flush"}  # until the rebuild
     assert _params(_core.Engine.intern) == [("site", False)]
@@ -309,7 +312,9 @@ def test_the_recorders_methods_and_the_enginelike_protocol_follow_the_ops():
         for name, value in vars(recording.EngineLike).items()
         if callable(value) and not name.startswith("_")
     }
-    assert protocol == set(vocab.OPS) | set(vocab.QUERIES) | {"intern"}
+    assert protocol == (
+        set(vocab.OPS) | set(vocab.QUERIES) | {"intern"} | set(vocab.COMPOSITES)
+    ) | set(vocab.CONTROL)
 
 
 def test_the_engine_refuses_a_non_native_bulk_array_that_the_recorder_converts():
@@ -334,3 +339,14 @@ def test_the_engine_refuses_a_site_that_is_not_text_with_its_own_error():
         e.intern("\ud800")
     with pytest.raises(el.InvalidArgumentError, match="name must be valid text"):
         e.define_stream(1, "s\udc80")
+
+
+def test_a_recorder_records_a_composite_as_the_events_it_stands_for():
+    from esper_lifetimes import recording
+
+    seen: list[tuple[str, tuple]] = []
+    r = recording.Recorder(lambda op, args: seen.append((op, args)))
+    r.alloc_write(X, N, D, "a.py:1")
+    assert [op for op, _ in seen] == list(vocab.COMPOSITES["alloc_write"])
+    assert seen[1][1] == (X, N, D, True, "a.py:1")  # the whole write, same site
+    assert r.engine.stats()["live_storages"] == 1

@@ -39,6 +39,8 @@ class EngineLike(Protocol):
         self, stream: int, name: str | None = None, virtual: bool = False
     ) -> None: ...
     def alloc(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
+    def alloc_write(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
+    def set_error_signal(self, signal: list[None]) -> None: ...
     def adopt(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None: ...
     def access(
         self, ptr: int, nbytes: int, stream: int, write: bool = False, site: Site = None
@@ -195,6 +197,12 @@ class Recorder:
             raise
         self._record_rows(array, applied)
         return applied
+
+    def alloc_write(self, ptr: int, nbytes: int, stream: int, site: Site = None) -> None:
+        """As ``Engine.alloc_write``, recorded as the two events it stands for
+        (:data:`esper_lifetimes.vocab.COMPOSITES`)."""
+        self.alloc(ptr, nbytes, stream, site)
+        self.access(ptr, nbytes, stream, True, site)
 
     def _record_rows(self, array: Any, count: int) -> None:
         rows = array[:count].tolist() if hasattr(array, "tolist") else list(array)[:count]

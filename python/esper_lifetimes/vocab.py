@@ -30,6 +30,8 @@ __all__ = [
     "OPS",
     "REQUIRED",
     "QUERIES",
+    "COMPOSITES",
+    "CONTROL",
     "Bulk",
     "BULK",
     "BULK_CODES",
@@ -250,6 +252,13 @@ QUERIES: Final = (
     "replay",
 )
 """The other public Engine methods: results, and the bulk path."""
+
+COMPOSITES: Final = {"alloc_write": ("alloc", "access")}
+"""Engine methods that stand for several ops in one call (a hot path's shortcut). They
+are not events: a recorder records the ops they stand for (``Recorder.alloc_write``)."""
+
+CONTROL: Final = ("set_error_signal",)
+"""Engine methods that configure how the engine tells its owner things; not events."""
 
 
 @dataclass(frozen=True)

@@ -191,12 +191,11 @@ class Mode(TorchDispatchMode):
                             recs[key] = ref
                             ref.registered = False
                             if nbytes and p:
-                                aw = tr._alloc_write
-                                if aw is not None and plan.write_out and out.nbytes == nbytes:
+                                if plan.write_out and out.nbytes == nbytes:
                                     # the common fresh output: allocated and written
                                     # whole, one engine call
                                     try:
-                                        aw(p, nbytes, vh, site)
+                                        tr._alloc_write(p, nbytes, vh, site)
                                         ref.registered = True
                                     except LifetimesError:
                                         tr._engine_alloc(ref, vh, site)

@@ -78,9 +78,9 @@ class RegionMixin:
         eng.set_error_signal(self._err_signal)  # the dispatch mode's per-op check
         self._access = eng.access
         self._alloc = eng.alloc
-        # a fresh output's alloc and whole write in one call, on a bare engine only: a
-        # recording engine records the vocabulary's two calls instead
-        self._alloc_write = eng.alloc_write if type(eng) is Engine else None
+        # a fresh output's alloc and whole write in one call (a recording engine records
+        # them as the vocabulary's two events)
+        self._alloc_write = eng.alloc_write
         self._on_free_cb = self._on_free  # one bound method for every weakref
         self.watching = True
         for s in virtual.all_streams():
