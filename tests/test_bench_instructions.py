@@ -20,7 +20,10 @@ import bench_instructions as bi  # noqa: E402
 
 
 def test_client_requests_do_nothing_outside_valgrind():
-    req = bi.Requests()
+    try:
+        req = bi.Requests()
+    except OSError as exc:  # a kernel that refuses executable anonymous pages
+        pytest.skip(f"no executable page here: {exc}")
     assert not req.on_valgrind()
     for r in (bi.START_INSTRUMENTATION, bi.ZERO_STATS, bi.STOP_INSTRUMENTATION):
         assert req(r) == 0  # the magic sequence is a no-op natively: default answer
