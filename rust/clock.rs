@@ -11,8 +11,19 @@ impl StreamIx {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Clock(Vec<u64>);
+
+impl Clone for Clock {
+    fn clone(&self) -> Self {
+        Clock(self.0.clone())
+    }
+
+    /// Reuses this clock's buffer (a derived `Clone` would allocate a new one).
+    fn clone_from(&mut self, source: &Self) {
+        self.0.clone_from(&source.0);
+    }
+}
 
 impl Clock {
     #[inline]

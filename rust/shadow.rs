@@ -94,7 +94,7 @@ impl Default for Whole {
 
 impl Whole {
     /// An access by `cur` to the whole storage (see `Shadow::access`).
-    #[inline]
+    #[inline(always)]
     pub fn access(
         &mut self,
         cur: Access,

@@ -117,6 +117,34 @@ fn disjoint_slices_written_by_two_streams_do_not_race() {
     assert_eq!(kinds(&e), ["unsynced-access", "unsynced-access"]);
 }
 
+/// A re-recorded event carries only its latest record's clock (the engine reuses the
+/// event's clock buffer, so a stale entry of the earlier record must not survive).
+#[test]
+fn a_re_recorded_event_forgets_its_earlier_record() {
+    const S3: i128 = 3;
+    let mut e = Engine::new();
+    e.alloc(X, N, D, 0).unwrap();
+    e.stream_wait(S3, D);
+    e.stream_wait(S2, D);
+    e.access(X, N, S3, true, 0).unwrap(); // S3's write of x; D never waits for it
+    e.stream_wait(S2, S3);
+    e.event_record(7, S2); // covers S3's write
+    e.event_record(7, S); // re-recorded on S (new, its clock shorter), which never waited for S3
+    e.event_wait(7, D);
+    e.access(X, N, D, false, 0).unwrap();
+    assert_eq!(kinds(&e), ["unsynced-access"]);
+    // the earlier record, had it survived, would have ordered D after the write
+    let mut f = Engine::new();
+    f.alloc(X, N, D, 0).unwrap();
+    f.stream_wait(S3, D);
+    f.access(X, N, S3, true, 0).unwrap();
+    f.stream_wait(S2, S3);
+    f.event_record(7, S2);
+    f.event_wait(7, D);
+    f.access(X, N, D, false, 0).unwrap();
+    assert!(f.hazards().is_empty());
+}
+
 #[test]
 fn event_ordering_is_transitive_and_unrecorded_wait_is_noop() {
     let mut e = Engine::new();

@@ -24,11 +24,16 @@ impl Engine {
     }
 
     /// `(slot, base, nbytes)`: `find` with the storage's slot in the table.
-    #[inline]
+    #[inline(always)]
     pub(super) fn locate(&self, ptr: u64) -> Option<(usize, u64, u64)> {
         if let Some(i) = self.storages.index_of(ptr) {
             return Some((i, ptr, self.storages.at(i).nbytes));
         }
+        self.locate_interior(ptr)
+    }
+
+    #[inline(never)]
+    fn locate_interior(&self, ptr: u64) -> Option<(usize, u64, u64)> {
         let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
         if ptr >= end {
             return None;
@@ -281,6 +286,7 @@ impl Engine {
     }
 
     /// An access already validated by `check_access`.
+    #[inline(always)]
     pub(crate) fn apply_access(
         &mut self,
         ptr: u64,
@@ -344,10 +350,27 @@ impl Engine {
                 }
             }
         }
+        if !conflicts.is_empty() || unwaited.is_some() {
+            self.report_access(base, len, s, site, &conflicts, unwaited);
+        }
+    }
+
+    /// The hazards one access found (kept out of the inlined hot path).
+    #[cold]
+    #[inline(never)]
+    fn report_access(
+        &mut self,
+        base: u64,
+        len: u64,
+        s: StreamIx,
+        site: SiteId,
+        conflicts: &Conflicts,
+        unwaited: Option<(StreamIx, u64)>,
+    ) {
         if !conflicts.is_empty() {
             let st = self.storage(base);
             let (alloc_stream, alloc_site) = (st.alloc_stream, st.alloc_site);
-            for prior in &conflicts {
+            for prior in conflicts {
                 let mut h = Hazard::new(Kind::UnsyncedAccess, base, len);
                 h.alloc_stream = Some(alloc_stream);
                 h.alloc_site = alloc_site;

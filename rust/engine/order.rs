@@ -15,12 +15,21 @@ impl Engine {
     // ----- streams and events --------------------------------------------------------
 
     /// The dense index of a stream, creating it (from the host's clock) on first use.
-    #[inline]
+    /// The hot path (a recently seen stream, one compare) is inlined into every
+    /// caller; the lookup and the creation are not, so that callers stay small.
+    #[inline(always)]
     pub(super) fn stream(&mut self, handle: Handle) -> StreamIx {
         let slot = recent_slot(handle);
-        if self.recent_streams[slot].0 == handle {
-            return self.recent_streams[slot].1;
+        let (h, ix) = self.recent_streams[slot];
+        if h == handle {
+            return ix;
         }
+        self.stream_slow(handle, slot)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn stream_slow(&mut self, handle: Handle, slot: usize) -> StreamIx {
         if let Some(&ix) = self.stream_ix.get(&handle) {
             self.recent_streams[slot] = (handle, ix);
             return ix;
@@ -36,6 +45,7 @@ impl Engine {
             pending: Vec::new(),
         });
         self.stream_ix.insert(handle, ix);
+        self.recent_streams[slot] = (handle, ix);
         ix
     }
 
@@ -83,9 +93,13 @@ impl Engine {
     pub fn event_record(&mut self, event: Handle, stream: Handle) {
         self.processed += 1;
         let s = self.stream(stream);
-        let clock = self.streams[s.ix()].clock.clone();
+        let clock = &self.streams[s.ix()].clock;
         let ev = self.events.entry(event).or_default();
-        ev.clock = Some(clock);
+        // a re-recorded event (the common case) reuses its clock's buffer
+        match &mut ev.clock {
+            Some(c) => c.clone_from(clock),
+            None => ev.clock = Some(clock.clone()),
+        }
         ev.stream = Some(s);
     }
 
@@ -103,8 +117,16 @@ impl Engine {
         let w = self.stream(waiter);
         let t = self.stream(waited);
         if w != t {
-            let c = self.streams[t.ix()].clock.clone();
-            self.streams[w.ix()].clock.join(&c);
+            let (w, t) = (w.ix(), t.ix());
+            // two distinct streams: borrow one clock from each side of a split
+            let (waiter, waited) = if w < t {
+                let (lo, hi) = self.streams.split_at_mut(t);
+                (&mut lo[w], &hi[0])
+            } else {
+                let (lo, hi) = self.streams.split_at_mut(w);
+                (&mut hi[0], &lo[t])
+            };
+            waiter.clock.join(&waited.clock);
         }
     }
 
