@@ -31,9 +31,16 @@ Loops (``--loop``):
 * ``mlp``: ``bench_tracking.py``'s MLP step; variants untracked, the stock and the lean
   no-op modes, ``track()``; prints track()'s overhead over each no-op mode's (target
   <= 1.25x the stock mode's).
+* ``engine``: ``bench_engine.py``'s synthetic trace (``--events`` events, 4 streams,
+  1,000 live storages) through its drivers, one trace a step, each on a fresh engine
+  (set-up not counted): the bulk ``replay``, one call per event and its no-op floor,
+  one call per launch and its floor, and torch's sanitizer with its stack capture
+  removed; prints instructions per event and the ratios ``bench_engine.py`` times (about
+  2 minutes; the sanitizer is most of it).
 
     python benchmarks/bench_instructions.py                 # training loop, ~5 min
     python benchmarks/bench_instructions.py --loop mlp
+    python benchmarks/bench_instructions.py --loop engine   # ~2 min
     python benchmarks/bench_instructions.py --cache-sim     # plus the cycle estimate
 
 Needs valgrind (``apt-get install valgrind``); x86-64 Linux only.
@@ -148,6 +155,49 @@ def _mlp_variants() -> dict[str, Any]:
     return out
 
 
+# the engine loop's variants: bench_engine.py's labels, and which of its drivers runs
+ENGINE_VARIANTS = {
+    "bulk replay": "b",
+    "call per event": "a",
+    "floor per event": "d",
+    "call per launch": "a_l",
+    "floor per launch": "d_l",
+    "sanitizer": "c_fast",
+}
+
+
+def _engine_step(variant: str, trace: Any) -> Any:
+    """A prepared run of one engine variant over ``trace`` (set-up done here, uncounted):
+    a callable that drives the whole trace once."""
+    import bench_engine as be
+    from esper_lifetimes import Engine
+
+    kind = ENGINE_VARIANTS[variant]
+    if kind == "c_fast":
+        import torch.cuda._sanitizer as sanitizer
+
+        handler = be.new_sanitizer(trace, sanitizer)
+        calls = be.sanitizer_calls(trace, handler)
+
+        def run() -> None:
+            with be.no_stack_capture(sanitizer):
+                be.drive_sanitizer(calls)
+
+        return run
+    e = Engine()
+    if kind in ("a", "b", "a_l"):
+        e.replay(trace.prefill)
+    if kind == "b":
+        return lambda: be.drive_bulk(trace.work, e)
+    if kind in ("a_l", "d_l"):
+        rows = be.launch_rows(trace)
+        return lambda: be.drive_launches(rows, e, kind == "d_l")
+    rows = list(map(tuple, trace.work.tolist()))
+    if kind == "d":
+        return lambda: be.drive_noop(rows, e._noop)
+    return lambda: be.drive_calls(rows, e)
+
+
 ABLATIONS: dict[str, tuple[Any, dict[str, Any]]] = {
     "head only": ("tr = self.tracker", {}),
     "head+site": ("if tr._cpu_device:", {"in_try": True}),
@@ -159,10 +209,31 @@ def child(args: argparse.Namespace) -> int:
     req = Requests()
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.join(HERE, "..", "python"))
-    import torch
-
-    torch.set_num_threads(1)
     info: dict[str, Any] = {"on_valgrind": req.on_valgrind()}
+    # the engine loop needs torch only for the sanitizer (its import is most of a run)
+    if args.loop != "engine" or ENGINE_VARIANTS.get(args.variant) == "c_fast":
+        import torch
+
+        torch.set_num_threads(1)
+    if args.loop == "engine":
+        import bench_engine as be
+
+        trace = be.generate(args.events, 4, 1_000, 0)
+        info["ops_per_step"] = len(trace.work)
+        req(START_INSTRUMENTATION)
+        for _ in range(args.warmup):
+            _engine_step(args.variant, trace)()
+        # every counted step drives the trace on its own fresh engine, prepared here
+        runs = [_engine_step(args.variant, trace) for _ in range(args.steps)]
+        gc.collect()
+        req(ZERO_STATS)
+        for run in runs:
+            run()
+        req.dump("steps")
+        req(STOP_INSTRUMENTATION)
+        with open(args.out, "w") as f:
+            json.dump(info, f)
+        return 0
     if args.loop == "training":
         import bench_training_loop as b
 
@@ -275,6 +346,8 @@ def run_variant(args: argparse.Namespace, variant: str, tmp: str) -> dict[str, A
         str(args.sample),
         "--hazard",
         args.hazard,
+        "--events",
+        str(args.events),
         "--out",
         out,
     ]
@@ -302,17 +375,66 @@ def cycles(c: dict[str, int]) -> float:
     return c["Ir"] + 10 * l1 + 100 * ll
 
 
+def print_engine(
+    args: argparse.Namespace, names: list[str], res: dict[str, Any], took: float
+) -> int:
+    """The engine loop's table: instructions per event, and bench_engine.py's ratios."""
+    n_events = res[names[0]]["ops_per_step"]
+    print(
+        f"engine loop: instructions per event (callgrind Ir), bench_engine.py's trace of "
+        f"{n_events:,} events, 1,000 live storages, {args.steps} counted after {args.warmup} "
+        f"warm-up; {took:.0f} s"
+    )
+    per = {v: res[v]["counts"]["Ir"] / (args.steps * n_events) for v in names}
+    cyc = {v: cycles(res[v]["counts"]) / (args.steps * n_events) for v in names}
+    for v in names:
+        line = f"  {v:18s} {per[v]:10.0f} /event"
+        if args.cache_sim:
+            line += f"   est. cycles {cyc[v]:10.0f} /event"
+        print(line)
+    ratios = (
+        (
+            "sanitizer",
+            "call per launch",
+            "sanitizer (no stack capture) / one call per launch",
+            ">= 20x",
+        ),
+        ("sanitizer", "call per event", "sanitizer (no stack capture) / one call per event", ""),
+        ("call per event", "floor per event", "one call per event / its no-op floor", "<= 2x"),
+        ("call per launch", "floor per launch", "one call per launch / its no-op floor", "<= 2x"),
+    )
+    for key, label in (("Ir", "instructions"), ("cyc", "est. cycles")):
+        if key == "cyc" and not args.cache_sim:
+            continue
+        d = per if key == "Ir" else cyc
+        for num, den, what, target in ratios:
+            if num in d and den in d:
+                tail = f" (target {target}, judged on time by bench_engine.py)" if target else ""
+                print(f"  {label}: {what} = {d[num] / d[den]:.2f}x{tail}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--loop", choices=("training", "mlp"), default="training")
+    ap.add_argument("--loop", choices=("training", "mlp", "engine"), default="training")
+    ap.add_argument(
+        "--events", type=int, default=20_000, help="events of the engine loop's trace (20000)"
+    )
     ap.add_argument(
         "--hazard",
         choices=("planted", "fixed"),
         default="planted",
         help="the training loop with its planted hazard (bench_training_loop's default) or fixed",
     )
-    ap.add_argument("--steps", type=int, default=None, help="counted steps (training 40, mlp 10)")
-    ap.add_argument("--warmup", type=int, default=5, help="steps before the counters are zeroed")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="counted steps (training 40, mlp 10, engine 1)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps before the counters are zeroed (5; engine 1)",
+    )
     ap.add_argument("--ao-steps", type=int, default=400, help="counted steps of always-on")
     ap.add_argument("--variants", default=None, help="comma list (default: all of the loop)")
     ap.add_argument("--cache-sim", action="store_true", help="simulate caches: cycle estimate")
@@ -330,7 +452,12 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sample = DEFAULT_SAMPLE
     if args.steps is None:
-        args.steps = 40 if args.loop == "training" else 10
+        args.steps = {"training": 40, "mlp": 10, "engine": 1}[args.loop]
+    if args.warmup is None:
+        args.warmup = 1 if args.loop == "engine" else 5
+    for name in ("steps", "events"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.child:
         return child(args)
     if shutil.which("valgrind") is None:
@@ -338,13 +465,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.join(HERE, "..", "python"))
-    every = list(_training_variants(args.sample) if args.loop == "training" else _mlp_variants())
+    if args.loop == "engine":
+        every = list(ENGINE_VARIANTS)
+    elif args.loop == "training":
+        every = list(_training_variants(args.sample))
+    else:
+        every = list(_mlp_variants())
     names = every if args.variants is None else [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in names if v not in every]
     if unknown:
         print(f"bench_instructions: unknown variants {unknown}; the {args.loop} loop has {every}")
         return 2
-    if "untracked" not in names:
+    if "untracked" not in names and args.loop != "engine":
         names.insert(0, "untracked")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="esper-cg-") as tmp:
@@ -356,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
             for f in os.listdir(tmp):
                 shutil.copy(os.path.join(tmp, f), args.keep)
             print(f"callgrind dumps kept in {args.keep} (callgrind_annotate --inclusive=yes FILE)")
+    if args.loop == "engine":
+        return print_engine(args, names, res, time.monotonic() - t0)
     n_ops = res["untracked"]["ops_per_step"]
     base = res["untracked"]["counts"]
     loop = f"training loop ({args.hazard})" if args.loop == "training" else "mlp loop"

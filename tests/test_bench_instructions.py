@@ -84,3 +84,50 @@ def test_one_counted_run_prints_instructions_per_step():
     assert lines[0].startswith("mlp loop: instructions per step (callgrind Ir), 1 steps"), lines
     row = lines[1].split()
     assert row[0] == "untracked" and row[2] == "M/step" and float(row[1]) > 0.1, lines
+
+
+def test_engine_table_prints_per_event_counts_and_the_timed_ratios(capsys):
+    import argparse
+
+    counts = {"sanitizer": 30_000, "call per launch": 1_000, "floor per launch": 800}
+    res = {v: {"ops_per_step": 100, "counts": {"Ir": n * 100 * 2}} for v, n in counts.items()}
+    args = argparse.Namespace(steps=2, warmup=1, cache_sim=False)
+    assert bi.print_engine(args, list(counts), res, 1.0) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("engine loop: instructions per event (callgrind Ir)")
+    assert out[1].split() == ["sanitizer", "30000", "/event"]
+    assert "sanitizer (no stack capture) / one call per launch = 30.00x (target >= 20x" in out[4]
+    assert "one call per launch / its no-op floor = 1.25x" in out[5]
+    # a ratio whose two variants did not both run is not printed
+    assert not any("one call per event" in line for line in out)
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_one_counted_engine_run_prints_instructions_per_event():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_instructions.py"),
+            "--loop",
+            "engine",
+            "--events",
+            "400",
+            "--variants",
+            "bulk replay,call per event,floor per event",
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "trace of 401 events" in lines[0], lines  # the trace ends with a device sync
+    rows = [line.split() for line in lines[1:4]]
+    assert [r[-1] for r in rows] == ["/event"] * 3, lines
+    bulk, call, floor = (float(r[-2]) for r in rows)
+    # a Python call per event costs more than the compiled bulk path's per-event work,
+    # and the engine's work adds to its no-op floor
+    assert 0 < bulk < call and floor < call, lines
+    assert any("one call per event / its no-op floor" in line for line in lines), lines
