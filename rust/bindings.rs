@@ -74,7 +74,7 @@ fn not_bool(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
 /// scalars, or a value out of range), which takes the general path. The general path
 /// reads multi-digit ints through `_PyLong_AsByteArray` (CPython 3.11): pointers and
 /// stream handles are multi-digit, and that was the largest part of `launch`'s cost.
-#[inline]
+#[inline(always)]
 fn fast_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
     let p = obj.as_ptr();
     // SAFETY: `p` is a live object (borrowed for the call); PyLong_AsLong on an exact
@@ -93,11 +93,19 @@ fn fast_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
     }
 }
 
-#[inline]
+/// The hot path of the int arguments (an exact int in range) is inlined into every
+/// caller; the general path, and the error, are not.
+#[inline(always)]
 fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-    if let Some(v) = fast_i64(obj).filter(|&v| v >= 0) {
-        return Ok(v as u64);
+    match fast_i64(obj) {
+        Some(v) if v >= 0 => Ok(v as u64),
+        _ => ptr_arg_slow(obj, what),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn ptr_arg_slow(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     match obj.extract::<u64>() {
         Ok(v) => not_bool(obj, what).map(|()| v),
         Err(_) => Err(InvalidArgumentError::new_err(
@@ -113,11 +121,17 @@ fn ptr_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
-    if let Some(v) = fast_i64(obj).filter(|&v| v > 0) {
-        return Ok(v as u64);
+    match fast_i64(obj) {
+        Some(v) if v > 0 => Ok(v as u64),
+        _ => size_arg_slow(obj),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn size_arg_slow(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     match obj.extract::<i64>() {
         Ok(v) if v > 0 && !obj.is_instance_of::<PyBool>() => Ok(v as u64),
         _ => Err(InvalidArgumentError::new_err(format!(
@@ -127,11 +141,17 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn handle_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
-    if let Some(v) = fast_i64(obj) {
-        return Ok(Handle::from(v));
+    match fast_i64(obj) {
+        Some(v) => Ok(Handle::from(v)),
+        None => handle_arg_slow(obj, what),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn handle_arg_slow(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Handle> {
     if let Ok(v) = obj.extract::<i64>() {
         not_bool(obj, what)?;
         return Ok(Handle::from(v));
