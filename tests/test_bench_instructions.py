@@ -58,29 +58,21 @@ def test_unknown_variant_is_named():
         assert proc.returncode == 2 and "unknown variants ['nope']" in proc.stdout
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_one_counted_run_prints_instructions_per_step():
+def _counted(*args: str, jobs: str = "1") -> list[str]:
+    """The output lines of one real bench_instructions.py run (which must succeed)."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "bench_instructions.py"),
-            "--loop",
-            "mlp",
-            "--variants",
-            "untracked",
-            "--steps",
-            "1",
-            "--warmup",
-            "1",
-            "--jobs",
-            "1",
-        ],
+        [sys.executable, str(BENCH / "bench_instructions.py"), *args, "--jobs", jobs],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    return proc.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_one_counted_run_prints_instructions_per_step():
+    lines = _counted("--loop", "mlp", "--variants", "untracked", "--steps", "1", "--warmup", "1")
     assert lines[0].startswith("mlp loop: instructions per step (callgrind Ir), 1 steps"), lines
     row = lines[1].split()
     assert row[0] == "untracked" and row[2] == "M/step" and float(row[1]) > 0.1, lines
@@ -104,25 +96,8 @@ def test_engine_table_prints_per_event_counts_and_the_timed_ratios(capsys):
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_one_counted_engine_run_prints_instructions_per_event():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "bench_instructions.py"),
-            "--loop",
-            "engine",
-            "--events",
-            "400",
-            "--variants",
-            "bulk replay,call per event,floor per event",
-            "--jobs",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    variants = "bulk replay,call per event,floor per event"
+    lines = _counted("--loop", "engine", "--events", "400", "--variants", variants, jobs="2")
     assert "trace of 401 events" in lines[0], lines  # the trace ends with a device sync
     rows = [line.split() for line in lines[1:4]]
     assert [r[-1] for r in rows] == ["/event"] * 3, lines
