@@ -394,24 +394,34 @@ impl Engine {
         let id = match site {
             None => NO_SITE,
             Some(obj) if obj.is_none() => NO_SITE,
-            Some(obj) => {
-                if let Ok(s) = obj.cast::<PyString>() {
-                    core.intern(text(s, "site")?)
-                } else if let Ok(i) = obj.extract::<u32>() {
-                    core.check_site(i).map_err(to_py)?
-                } else {
-                    return Err(InvalidArgumentError::new_err(format!(
-                        "site must be None, a str or an int from intern(), got {}",
-                        describe(obj)
-                    )));
-                }
-            }
+            Some(obj) => match fast_i64(obj).map(u32::try_from) {
+                // an id from intern(), the hot path: an exact int, read inline
+                Some(Ok(i)) => core.check_site(i).map_err(to_py)?,
+                _ => site_slow(&mut core, obj)?,
+            },
         };
         let r = f(&mut core, id);
         if r.is_err() {
             core.truncate_sites(mark);
         }
         r.map_err(to_py)
+    }
+}
+
+/// A site that is not an exact int in range: a str (interned here), an int subclass,
+/// or a bad argument.
+#[cold]
+#[inline(never)]
+fn site_slow(core: &mut Core, obj: &Bound<'_, PyAny>) -> PyResult<SiteId> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        Ok(core.intern(text(s, "site")?))
+    } else if let Ok(i) = obj.extract::<u32>() {
+        core.check_site(i).map_err(to_py)
+    } else {
+        Err(InvalidArgumentError::new_err(format!(
+            "site must be None, a str or an int from intern(), got {}",
+            describe(obj)
+        )))
     }
 }
 

@@ -396,7 +396,7 @@ class AlwaysOnTracker(Tracker):
                     st = t.untyped_storage()
                     if id(st) in _host_marks or memory.emu_host(st):
                         return
-                vs = _vstate.stream
+                vs = _vstate.cur.stream
                 h = (vs if vs is not None else _VDEFAULT).handle  # memory.vcurrent()
             elif t.is_cuda:
                 h = memory.cuda_current(t.get_device())

@@ -236,7 +236,7 @@ def _current(tr: Tracker, cuda: bool, dev: int) -> int:
         h = memory.cuda_current(dev)
         tr.name_cuda_stream(h)
         return h
-    vs = memory.vstate.stream
+    vs = memory.vstate.cur.stream
     if vs is None:
         vs = memory.VDEFAULT
     vs._pending = True  # work is enqueued on the virtual stream

@@ -424,7 +424,7 @@ class StreamContext:
         if s is None:
             return None
         tl = _tl
-        self._saved = (tl.device, virtual.state.stream, dict(tl.streams))
+        self._saved = (tl.device, virtual.state.cur.stream, dict(tl.streams))
         set_stream(s)
         return s
 
@@ -433,7 +433,7 @@ class StreamContext:
         if saved is None:
             return
         tl = _tl
-        tl.device, virtual.state.stream, tl.streams = saved[0], saved[1], saved[2]
+        tl.device, virtual.state.cur.stream, tl.streams = saved[0], saved[1], saved[2]
 
 
 def stream(stream: Any) -> StreamContext:
@@ -894,7 +894,7 @@ class _DispatchMode(TorchDispatchMode):
             finally:
                 tl.pending = pending
             if pending >= 0:
-                vs = virtual.state.stream
+                vs = virtual.state.cur.stream
                 (vs if vs is not None else virtual.DEFAULT)._pending = True
                 _tag_outputs(out, pending)
             elif pending == _PINNED:
@@ -947,7 +947,7 @@ class _DispatchMode(TorchDispatchMode):
                 ) from exc
             raise
         if dev is not None:
-            vs = virtual.state.stream
+            vs = virtual.state.cur.stream
             (vs if vs is not None else virtual.DEFAULT)._pending = True  # work on the stream
             if out is not None:
                 if _op_info(func)[2]:

@@ -39,7 +39,7 @@ class ApplyMixin:
         # frames: here (0), _apply (1), __torch_dispatch__ (2), torch's caller (3)
         site = self._sites.here(3)
         if self._cpu_device:
-            vs = vstate.stream
+            vs = vstate.cur.stream
             if vs is None:
                 vs = VDEFAULT
             vs._pending = True  # the op is work on the virtual stream

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from esper_lifetimes import LifetimesError
+from esper_lifetimes import LifetimesError, virtual
 from esper_lifetimes import autocast as _autocast
 from esper_lifetimes.sites import SiteMark, user_codes
 from esper_lifetimes.tracking import memory
-from esper_lifetimes.tracking.memory import VDEFAULT, VIRTUAL, Ref, host_marks, vstate
+from esper_lifetimes.tracking.memory import VDEFAULT, VIRTUAL, Ref, host_marks
 from esper_lifetimes.tracking.plans import GENERIC, PLANS, SKIP, make_plan
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ class Mode(TorchDispatchMode):
         # subclass's override, so that torch's caller stays frame 1 for the site lookup.
         self.left = -1
         self.passed = 0
+        # The current virtual stream of the thread the mode is pushed on (modes are per
+        # thread: Tracker._push_mode, AlwaysOnTracker._open_window). Read through this
+        # cell, not the threading.local: ~450 instructions less per op.
+        self.vcur = virtual.thread_stream()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
         if kwargs is None:
@@ -73,7 +77,8 @@ class Mode(TorchDispatchMode):
                 self.passed += 1
                 return func(*args, **kwargs)
             self.left = left - 1
-        out = func(*args, **kwargs)
+        # without kwargs, no dict is built and merged for the call (most ops have none)
+        out = func(*args, **kwargs) if kwargs else func(*args)
         try:
             # the op's plan, cached on the OpOverload itself: one attribute read, where
             # a lookup by id(func) cost a call and a dict probe per op
@@ -108,7 +113,7 @@ class Mode(TorchDispatchMode):
                         site = tr._sites.from_frame(f)
                 del f, m
                 if tr._cpu_device:  # as in ApplyMixin._apply (inlined on purpose)
-                    vs = vstate.stream
+                    vs = self.vcur.stream
                     if vs is None:
                         vs = VDEFAULT
                     vs._pending = True  # the op is work on the virtual stream

@@ -100,7 +100,7 @@ def set_emulating(on: bool) -> None:
 
 def vcurrent() -> int:
     """The handle of the current virtual stream."""
-    vs = vstate.stream
+    vs = vstate.cur.stream
     return (vs if vs is not None else VDEFAULT).handle
 
 
