@@ -227,6 +227,31 @@ def test_full_mode_sees_everything_and_adopts_earlier_storages():
     del z
 
 
+def _doubled(x):
+    return x * 2  # the read of x on the side stream
+
+
+def test_full_mode_tracks_the_ops_a_compiled_function_runs():
+    """A compiled function runs its ops with dynamo's frame hook active, and no stance
+    forces it eager outside regions. Unless told otherwise, dynamo compiles the tracker's
+    dispatch handler itself, into a bare call of each op: this race passed unseen."""
+    compiled = torch.compile(_doubled, backend="eager")
+    tr = el.enable(mode="full")
+    s = v.Stream(name="side")
+    x = torch.randn(N)  # written on the default stream
+    with v.stream(s):
+        y = compiled(x)  # read on side, no wait
+    ((h,),) = [[h for h in tr.errors if h.kind == "unsynced-access"]]
+    assert h.use_site.endswith(f"test_always_on.py:{_doubled.__code__.co_firstlineno + 1}")
+    from esper_lifetimes.tracking.dispatch import Mode
+
+    eval_frame = torch._C._dynamo.eval_frame
+    if hasattr(eval_frame, "_debug_get_cache_entry_list"):
+        code = Mode.__torch_dispatch__.__code__
+        assert eval_frame._debug_get_cache_entry_list(code) == []  # never compiled
+    del y
+
+
 def test_window_budget_stops_tracking_until_the_next_barrier():
     tr = el.enable(mode="always-on", sample=1.0, max_window_ops=3)
     v.synchronize()

@@ -599,6 +599,24 @@ def restore_dynamo_stance(stance: Any, only_if: Any = MISSING) -> None:
         ef._stance = stance
 
 
+def never_compiled(code: Any) -> bool:
+    """Tells dynamo to run ``code`` (a dispatch handler) as it is, and everything it
+    calls, whenever it runs while dynamo's frame hook is active (inside a compiled
+    function that runs ops eagerly): never compiled, never traced. Set in torch's C
+    extension, so it costs nothing per call and does not import ``torch._dynamo``.
+
+    Without it, dynamo compiles the handler into a call of the op alone, and ops run
+    from compiled code pass the tracker unseen (the report says nothing). False where
+    this torch has no such setting: the handler then keeps its own per-op check."""
+    try:
+        ef = torch._C._dynamo.eval_frame
+        skip = ef._FrameAction.SKIP
+        ef.set_code_exec_strategy(code, ef._FrameExecStrategy(skip, skip))
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return True
+
+
 def signal_pending() -> bool:
     """Whether a signal's exception, caught in a callback of ours, waits to be raised
     (:func:`raise_pending`)."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from esper_lifetimes import LifetimesError, virtual
+from esper_lifetimes import LifetimesError, patches, virtual
 from esper_lifetimes import autocast as _autocast
 from esper_lifetimes.sites import SiteMark, user_codes
 from esper_lifetimes.tracking import memory
@@ -42,8 +42,8 @@ class Mode(TorchDispatchMode):
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # Torch wraps __torch_dispatch__ in a dynamo-disabling wrapper that costs more
-        # than the whole tracker (measured ~15 us per op). Instead the method itself hands
-        # the op straight to torch when dynamo traces it.
+        # than the whole tracker (measured ~15 us per op). Instead dynamo is told once
+        # never to compile the handler (patches.never_compiled, below the class).
         return False
 
     def __init__(self, tracker: Tracker) -> None:
@@ -59,11 +59,13 @@ class Mode(TorchDispatchMode):
         # thread: Tracker._push_mode, AlwaysOnTracker._open_window). Read through this
         # cell, not the threading.local: ~450 instructions less per op.
         self.vcur = virtual.thread_stream()
+        patches.never_compiled(Mode.__torch_dispatch__.__code__)  # again: cheap, and a
+        # dynamo reset of its code caches cannot have undone it since
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, C901
         if kwargs is None:
             kwargs = {}
-        if self.suspended or _dynamo_compiling():
+        if self.suspended or (_ask_dynamo and _dynamo_compiling()):
             return func(*args, **kwargs)
         if _autocast.active:
             # a composite op under inference_mode + autocast: decomposed here, with the
@@ -230,3 +232,10 @@ class Mode(TorchDispatchMode):
         if tr._err_signal:  # the engine recorded an error during the op
             tr.safe_point()
         return out
+
+
+# Dynamo runs the handler as it is (and all it calls) wherever its frame hook is active:
+# ops that a compiled function runs eagerly are tracked, at no cost per op. Where this
+# torch cannot be told so, the handler asks dynamo on every op and hands the op straight
+# to torch while dynamo traces it.
+_ask_dynamo = not patches.never_compiled(Mode.__torch_dispatch__.__code__)
