@@ -43,8 +43,8 @@ struct Refs {
     tracker: Py<PyAny>,
     /// `patches.thread_state.__dict__` of the watched thread: `depth`, `fast`.
     tstate: Py<PyDict>,
-    /// `virtual.state.__dict__` of the watched thread: `stream`.
-    vstate: Py<PyDict>,
+    /// `virtual.thread_stream()` of the watched thread: its current stream, `stream`.
+    vcur: Py<PyAny>,
     /// `virtual.host_storages`: CPU storages marked as host memory.
     host_marks: Py<PyDict>,
     /// `tracker._named`: the stream handles the engine has a name for.
@@ -72,7 +72,7 @@ enum Ev {
 pub struct AlwaysOnHooks {
     refs: Option<Refs>,
     thread: u64,
-    /// The handle of `virtual.DEFAULT`, the stream when `vstate["stream"]` is None.
+    /// The handle of `virtual.DEFAULT`, the stream when `vcur.stream` is None.
     vdefault: Handle,
     cpu_device: bool,
     full: bool,
@@ -275,9 +275,11 @@ impl AlwaysOnHooks {
         if !self.cpu_device {
             return Ok(()); // host memory: no stream synchronized, no barrier
         }
-        let h = match r.vstate.bind(py).get_item(intern!(py, "stream"))? {
-            Some(s) if !s.is_none() => handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?,
-            _ => self.vdefault, // memory.vcurrent(), inlined
+        let s = r.vcur.bind(py).getattr(intern!(py, "stream"))?;
+        let h = if s.is_none() {
+            self.vdefault // memory.vcurrent(), inlined
+        } else {
+            handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?
         };
         let hazards = Self::apply_counted(py, r, Ev::StreamSync(h))?;
         self.barrier_checked(py, r, hazards)
@@ -288,14 +290,14 @@ impl AlwaysOnHooks {
 impl AlwaysOnHooks {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (engine, tracker, thread, tstate, vstate, vdefault, host_marks,
+    #[pyo3(signature = (engine, tracker, thread, tstate, vcur, vdefault, host_marks,
                         named, recs, *, cpu_device, full, adopt_unseen))]
     fn new(
         engine: &Bound<'_, PyAny>,
         tracker: Py<PyAny>,
         thread: u64,
         tstate: Py<PyDict>,
-        vstate: Py<PyDict>,
+        vcur: Py<PyAny>,
         vdefault: &Bound<'_, PyAny>,
         host_marks: Py<PyDict>,
         named: Py<PySet>,
@@ -311,7 +313,7 @@ impl AlwaysOnHooks {
                 engine: engine.clone().unbind(),
                 tracker,
                 tstate,
-                vstate,
+                vcur,
                 host_marks,
                 named,
                 recs,
@@ -540,7 +542,7 @@ impl AlwaysOnHooks {
             }
             visit.call(&r.tracker)?;
             visit.call(&r.tstate)?;
-            visit.call(&r.vstate)?;
+            visit.call(&r.vcur)?;
             visit.call(&r.host_marks)?;
             visit.call(&r.named)?;
             visit.call(&r.recs)?;

@@ -48,6 +48,26 @@ def test_a_barrier_counts_and_advances_the_schedule_in_compiled_code():
     assert tr.windows_opened == 0
 
 
+def test_a_blocking_read_on_a_side_stream_synchronizes_that_stream():
+    """``.item()`` synchronizes the current stream (SEMANTICS.md, fact 6), and outside a
+    window only the compiled hooks see it: they must read the watched thread's current
+    virtual stream. Had they synchronized the default stream, the side stream's read of
+    x would still be in flight at x's free."""
+    tr = el.enable(mode="always-on", sample=1.0, seed=0, max_window_ops=3)
+    s = v.Stream(name="side")
+    v.synchronize()  # a barrier: a window opens, for three ops
+    x = torch.randn(N)  # op 1
+    s.wait_stream(v.default_stream())
+    with v.stream(s):
+        y = (x * 2).sum()  # ops 2 and 3: the window's budget is spent
+        assert tr._window is not None and tr._window.left == 0
+        y.item()  # passes the window untracked: the hooks alone see the read
+    del x, y  # x's use on side is complete (the host waited for side): a safe free
+    torch.empty(N)  # the next allocation on the default stream: the free's verdict
+    el.disable()  # and every pending free judged
+    assert tr.errors == [], tr.report()
+
+
 def test_a_window_opens_and_closes_at_barriers_the_hooks_hand_back():
     tr = el.enable(mode="always-on", sample=1.0, seed=0)
     s = v.Stream(name="side")
