@@ -147,7 +147,9 @@ class Mode(TorchDispatchMode):
                         elif ref.kind == VIRTUAL:
                             nb = a.nbytes
                             if nb == ref.nbytes and nb:
-                                if ref.astream != vh:
+                                # the same handle object in the common case: no
+                                # compare of two multi-digit ints
+                                if ref.astream is not vh and ref.astream != vh:
                                     ref.multi = True
                                 try:
                                     access(ref.ptr, nb, vh, w, site)
