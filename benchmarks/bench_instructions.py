@@ -8,7 +8,10 @@ time, so it is the same from one run to the next (about 0.1% here) and other job
 machine do not move it. Instructions are not time: a cache miss costs a hundred
 instructions' worth and is not in the count, so ``--cache-sim`` also simulates the
 caches and prints callgrind's cycle estimate, Ir + 10 x (L1 misses) + 100 x (last-level
-misses). Read both beside the timed figures, not instead of them.
+misses). ``--branch-sim`` simulates branch prediction and prints the mispredicted
+conditional and indirect branches per step (CPython's bytecode dispatch is an indirect
+branch per instruction, which the count weighs like any other). Read them beside the
+timed figures, not instead of them.
 
 Each variant runs in its own process under ``valgrind --tool=callgrind
 --instr-atstart=no``: importing torch is not instrumented (it is most of the run);
@@ -42,6 +45,7 @@ Loops (``--loop``):
     python benchmarks/bench_instructions.py --loop mlp
     python benchmarks/bench_instructions.py --loop engine   # ~2 min
     python benchmarks/bench_instructions.py --cache-sim     # plus the cycle estimate
+    python benchmarks/bench_instructions.py --loop mlp --branch-sim  # plus mispredictions
 
 Needs valgrind (``apt-get install valgrind``); x86-64 Linux only.
 """
@@ -330,6 +334,7 @@ def run_variant(args: argparse.Namespace, variant: str, tmp: str) -> dict[str, A
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--cache-sim={'yes' if args.cache_sim else 'no'}",
+        f"--branch-sim={'yes' if args.branch_sim else 'no'}",
         f"--callgrind-out-file={prefix}.%p",
         sys.executable,
         os.path.abspath(__file__),
@@ -373,6 +378,11 @@ def cycles(c: dict[str, int]) -> float:
     l1 = c.get("I1mr", 0) + c.get("D1mr", 0) + c.get("D1mw", 0)
     ll = c.get("ILmr", 0) + c.get("DLmr", 0) + c.get("DLmw", 0)
     return c["Ir"] + 10 * l1 + 100 * ll
+
+
+def mispredicts(c: dict[str, int]) -> int:
+    """Mispredicted branches (``--branch-sim``): conditional plus indirect."""
+    return c.get("Bcm", 0) + c.get("Bim", 0)
 
 
 def print_engine(
@@ -438,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ao-steps", type=int, default=400, help="counted steps of always-on")
     ap.add_argument("--variants", default=None, help="comma list (default: all of the loop)")
     ap.add_argument("--cache-sim", action="store_true", help="simulate caches: cycle estimate")
+    ap.add_argument(
+        "--branch-sim", action="store_true", help="simulate branch prediction: mispredictions"
+    )
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--cover-steps", type=int, default=4000)
     ap.add_argument("--sample", type=float, default=None)
@@ -522,6 +535,20 @@ def main(argv: list[str] | None = None) -> int:
             c = res[v]["counts"]
             n = args.ao_steps if v == "always-on" else args.steps
             print(f"    {v:18s} " + " ".join(f"{c[k] / n:10.0f}" for k in keys))
+    if args.branch_sim:
+        print("  mispredicted branches per step (simulated): conditional, indirect")
+        for v in names:
+            c = res[v]["counts"]
+            n = args.ao_steps if v == "always-on" else args.steps
+            print(f"    {v:18s} {c.get('Bcm', 0) / n:10.0f} {c.get('Bim', 0) / n:10.0f}")
+        if args.loop == "mlp" and {"stock no-op mode", "track()"} <= set(names):
+            u = mispredicts(base) / args.steps
+            t = mispredicts(res["track()"]["counts"]) / args.steps - u
+            o = mispredicts(res["stock no-op mode"]["counts"]) / args.steps - u
+            print(
+                f"  mispredicted branches: track() overhead / stock no-op mode overhead = "
+                f"{t / n_ops:.0f} / {o / n_ops:.0f} per op = {t / o:.3f}x"
+            )
     modelled = args.loop == "training" and {"hooks", "windows"} <= set(names)
     if modelled:
         frac, wps = cover(args.sample, args.cover_steps, args.hazard == "fixed")

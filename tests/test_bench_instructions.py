@@ -40,6 +40,8 @@ def test_parse_dump_reads_the_summary_line(tmp_path):
     counts = bi.parse_dump(str(dump))
     assert counts == {"Ir": 1000, "D1mr": 20, "DLmr": 3}
     assert bi.cycles(counts) == 1000 + 10 * 20 + 100 * 3
+    dump.write_text("events: Ir Bc Bcm Bi Bim\nsummary: 1000 100 7 50 5\n")
+    assert bi.mispredicts(bi.parse_dump(str(dump))) == 7 + 5
     dump.write_text("events: Ir\n")
     with pytest.raises(RuntimeError, match="no events/summary"):
         bi.parse_dump(str(dump))
