@@ -43,8 +43,9 @@ struct Refs {
     tracker: Py<PyAny>,
     /// `patches.thread_state.__dict__` of the watched thread: `depth`, `fast`.
     tstate: Py<PyDict>,
-    /// `virtual.thread_stream()` of the watched thread: its current stream, `stream`.
-    vcur: Py<PyAny>,
+    /// `virtual.thread_stream().__dict__` of the watched thread: its current stream,
+    /// `stream`.
+    vcur: Py<PyDict>,
     /// `virtual.host_storages`: CPU storages marked as host memory.
     host_marks: Py<PyDict>,
     /// `tracker._named`: the stream handles the engine has a name for.
@@ -72,7 +73,7 @@ enum Ev {
 pub struct AlwaysOnHooks {
     refs: Option<Refs>,
     thread: u64,
-    /// The handle of `virtual.DEFAULT`, the stream when `vcur.stream` is None.
+    /// The handle of `virtual.DEFAULT`, the stream when `vcur["stream"]` is None.
     vdefault: Handle,
     cpu_device: bool,
     full: bool,
@@ -275,11 +276,9 @@ impl AlwaysOnHooks {
         if !self.cpu_device {
             return Ok(()); // host memory: no stream synchronized, no barrier
         }
-        let s = r.vcur.bind(py).getattr(intern!(py, "stream"))?;
-        let h = if s.is_none() {
-            self.vdefault // memory.vcurrent(), inlined
-        } else {
-            handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?
+        let h = match r.vcur.bind(py).get_item(intern!(py, "stream"))? {
+            Some(s) if !s.is_none() => handle_arg(&s.getattr(intern!(py, "handle"))?, "stream")?,
+            _ => self.vdefault, // memory.vcurrent(), inlined
         };
         let hazards = Self::apply_counted(py, r, Ev::StreamSync(h))?;
         self.barrier_checked(py, r, hazards)
@@ -297,7 +296,7 @@ impl AlwaysOnHooks {
         tracker: Py<PyAny>,
         thread: u64,
         tstate: Py<PyDict>,
-        vcur: Py<PyAny>,
+        vcur: Py<PyDict>,
         vdefault: &Bound<'_, PyAny>,
         host_marks: Py<PyDict>,
         named: Py<PySet>,

@@ -209,7 +209,7 @@ class AlwaysOnHooks:
         tracker: Any,
         thread: int,
         tstate: dict[str, Any],
-        vcur: Any,
+        vcur: dict[str, Any],
         vdefault: Any,
         host_marks: dict[int, Any],
         named: set[int],

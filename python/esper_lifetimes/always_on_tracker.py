@@ -212,7 +212,7 @@ class AlwaysOnTracker(Tracker):
             self,
             self._thread,
             patches.thread_state.__dict__,
-            virtual.thread_stream(),
+            virtual.thread_stream().__dict__,
             virtual.DEFAULT,
             memory.host_marks,
             self._named,

@@ -279,12 +279,12 @@ class Event:
 class ThreadStream:
     """One thread's current virtual stream (``stream``; ``None``: the default stream).
 
-    A plain slotted object, one per thread, so that code bound to a thread (the tracker's
+    A plain object, one per thread, so that code bound to a thread (the tracker's
     dispatch mode, pushed on one thread) reads the current stream with one attribute
     load: a read through the ``threading.local`` costs about 450 instructions more, once
-    per tracked op (``bench_instructions.py --loop mlp``)."""
-
-    __slots__ = ("stream",)
+    per tracked op (``bench_instructions.py --loop mlp``). Not slotted: the always-on
+    tracker's compiled hooks read its ``__dict__`` (a dict lookup is cheaper from Rust
+    than an attribute read)."""
 
     def __init__(self) -> None:
         self.stream: Stream | None = None
