@@ -378,3 +378,31 @@ def test_checked_above_classmethod_and_staticmethod(fresh_checked):
 def test_checked_on_a_non_callable_fails_at_decoration():
     with pytest.raises(TypeError, match="needs a function"):
         esper_lifetimes.checked(property(lambda self: 1))
+
+
+def test_a_checked_call_lists_the_registered_ops_once_per_process(monkeypatch):
+    """Every @checked call outside a region installs the patches; the collectives' op
+    names come from listing every registered op (about 8 ms with the filter), which
+    must happen once per process, not per call."""
+    from esper_lifetimes import distributed
+    from esper_lifetimes.tracking import plans
+
+    listed = []
+    real = torch._C._dispatch_get_all_op_names
+
+    def counting():
+        listed.append(1)
+        return real()
+
+    monkeypatch.setattr(torch._C, "_dispatch_get_all_op_names", counting)
+    monkeypatch.setattr(distributed, "_c10d_registered", False)
+
+    @esper_lifetimes.checked
+    def step(x):
+        return x + 1
+
+    x = torch.ones(N)
+    for _ in range(3):
+        step(x)
+    assert len(listed) == 1
+    assert plans.SPECIAL.get("c10d::allreduce_") == distributed._C10D_CODE
