@@ -78,3 +78,19 @@ def test_bench_scale_quick_prints_every_section():
     assert sum("x the 1,000 case" in line for line in lines) == 2, out
     assert any("bytes/storage" in line for line in lines), out
     assert any(line.rstrip().endswith("x the 100-row case") for line in lines), out
+
+
+def test_bench_checked_prints_the_three_variants():
+    proc = subprocess.run(
+        [sys.executable, str(BENCH.parent / "bench_checked.py"), "--rounds", "2", "--number", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split() == ["variant", "per", "call", "extra"], proc.stdout
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["plain", "@checked", "track()"], proc.stdout
+    assert rows[0][1].endswith("us") and rows[1][2].endswith("us"), proc.stdout
+    assert "the plain call)" in lines[3] and "the plain call)" in lines[4], proc.stdout
