@@ -45,7 +45,7 @@ Loops (``--loop``):
     python benchmarks/bench_instructions.py --loop mlp
     python benchmarks/bench_instructions.py --loop engine   # ~2 min
     python benchmarks/bench_instructions.py --cache-sim     # plus the cycle estimate
-    python benchmarks/bench_instructions.py --loop mlp --branch-sim  # plus mispredictions
+    python benchmarks/bench_instructions.py --loop mlp --branch-sim  # plus mispredictions (not --loop engine)
 
 Needs valgrind (``apt-get install valgrind``); x86-64 Linux only.
 """
@@ -536,11 +536,16 @@ def main(argv: list[str] | None = None) -> int:
             n = args.ao_steps if v == "always-on" else args.steps
             print(f"    {v:18s} " + " ".join(f"{c[k] / n:10.0f}" for k in keys))
     if args.branch_sim:
-        print("  mispredicted branches per step (simulated): conditional, indirect")
+        print("  mispredicted branches per step (simulated): conditional, indirect, both")
+        mis_u = mispredicts(base) / args.steps
         for v in names:
             c = res[v]["counts"]
             n = args.ao_steps if v == "always-on" else args.steps
-            print(f"    {v:18s} {c.get('Bcm', 0) / n:10.0f} {c.get('Bim', 0) / n:10.0f}")
+            line = f"    {v:18s} {c.get('Bcm', 0) / n:10.0f} {c.get('Bim', 0) / n:10.0f}"
+            line += f" {mispredicts(c) / n:10.0f}"
+            if v != "untracked" and mis_u:
+                line += f"  {100 * (mispredicts(c) / n / mis_u - 1):+.2f}% untracked"
+            print(line)
         if args.loop == "mlp" and {"stock no-op mode", "track()"} <= set(names):
             u = mispredicts(base) / args.steps
             t = mispredicts(res["track()"]["counts"]) / args.steps - u
