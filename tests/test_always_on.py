@@ -252,6 +252,36 @@ def test_full_mode_tracks_the_ops_a_compiled_function_runs():
     del y
 
 
+def _shifted(x):
+    return x * 2 + 1  # inductor fuses this into one generated kernel
+
+
+@pytest.mark.parametrize("mode", ["full", "always-on"])
+def test_inductor_code_compiled_before_tracking_runs_its_ops_under_the_mode(mode):
+    """Kernels inductor generates never dispatch through aten, so a compiled artifact
+    running under the tracker would be unseen. Torch does not run one while a dispatch
+    mode is on the stack (dynamo skips the frame: convert_frame's
+    any_torch_dispatch_mode_on_stack): the function runs eagerly and its ops are
+    tracked, in full mode and in an always-on window, with no stance set by the tracker.
+    If a torch release changes that, this fails and the tracker must count such calls
+    as unseen."""
+    compiled = torch.compile(_shifted)  # inductor
+    x = torch.randn(N)
+    assert torch.equal(compiled(x), _shifted(x))  # compiled and run before tracking
+    tr = el.enable(mode=mode, sample=1.0) if mode == "always-on" else el.enable(mode=mode)
+    s = v.Stream(name="side")
+    if mode == "always-on":
+        v.synchronize()  # a barrier opens the window
+    x = torch.randn(N)  # written on the default stream
+    with v.stream(s):
+        y = compiled(x)  # read on side, no wait
+    v.synchronize()
+    hs = [h for h in tr.errors if h.kind == "unsynced-access"]
+    assert [h.use_site.rsplit(":", 1)[1] for h in hs] == [str(_line(_shifted, "x * 2 + 1"))]
+    assert tr.unseen == {}
+    del y
+
+
 def test_window_budget_stops_tracking_until_the_next_barrier():
     tr = el.enable(mode="always-on", sample=1.0, max_window_ops=3)
     v.synchronize()
