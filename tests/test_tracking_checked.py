@@ -406,3 +406,44 @@ def test_a_checked_call_lists_the_registered_ops_once_per_process(monkeypatch):
         step(x)
     assert len(listed) == 1
     assert plans.SPECIAL.get("c10d::allreduce_") == distributed._C10D_CODE
+
+
+def test_a_checked_call_reuses_the_wrappers_of_the_last_install(monkeypatch):
+    """Every @checked call outside a region installs the patches and restores them on
+    return. The wrappers are built once and reused while the attribute they wrap still
+    holds the same original; an attribute replaced meanwhile (another library's patch)
+    gets a wrapper of its own around the new value, and the new value is what the call
+    leaves behind."""
+    from esper_lifetimes import patches
+
+    seen = []
+
+    @esper_lifetimes.checked
+    def step(x):
+        seen.append(torch.cuda.synchronize)
+        return x + 1
+
+    x = torch.ones(N)
+    step(x)  # whatever earlier tests left: built here if at all
+    built = []
+    real = patches._wrap
+
+    def counting(orig, feed):
+        built.append(orig)
+        return real(orig, feed)
+
+    monkeypatch.setattr(patches, "_wrap", counting)
+    step(x)
+    step(x)
+    assert built == []
+    assert seen[1] is seen[2] and seen[1].__esper_patch__
+
+    def library_sync(*args, **kwargs):  # another library's patch, outside any call
+        return None
+
+    monkeypatch.setattr(torch.cuda, "synchronize", library_sync)
+    step(x)
+    assert built == [library_sync]
+    assert seen[3].__wrapped__ is library_sync
+    assert torch.cuda.synchronize is library_sync  # restored to what it was
+    assert not patches.installed()

@@ -945,6 +945,25 @@ def _once(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return factory
 
 
+def table_key() -> tuple[Any, ...]:
+    """What :func:`patch_table`'s rows depend on that can change between installs: which
+    collectives ``torch.distributed`` re-exports unchanged (a test or library may have
+    replaced one there) and whether the functional collectives are loaded. The same key,
+    the same rows."""
+    try:
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            return ()
+        from torch.distributed import distributed_c10d as c10d
+    except Exception:  # pragma: no cover
+        return ()
+    _register_c10d_names()  # before any install uses the rows, cached or not
+    same = tuple(getattr(dist, n, None) is getattr(c10d, n, None) for n in _SPECS)
+    fc = sys.modules.get("torch.distributed._functional_collectives")
+    return (same, fc is not None)
+
+
 def patch_table() -> list[tuple[Any, str, Callable[[Any], Any]]]:
     """(owner, attribute, factory) rows for :mod:`esper_lifetimes.patches`; empty when
     ``torch.distributed`` is not available."""

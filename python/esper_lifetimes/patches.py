@@ -435,6 +435,41 @@ def installed() -> bool:
     return _install_count > 0
 
 
+# The rows and wrappers of the last install, reused by the next one: a @checked call
+# outside a region installs and restores the whole table every call, and building it
+# (some wrappers read their original's signature) was most of that call's cost.
+# _table_rows is valid while _table_key() is unchanged; a wrapper is reused while the
+# attribute holds the very original it wraps ((id(owner), name) -> (original, wrapper)).
+_table_rows: list[tuple[Any, str, Callable[[Any], Any]]] = []
+_table_made: tuple[Any, ...] | None = None
+_wrappers: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def _table_key() -> tuple[Any, ...]:
+    """What the patch table's rows depend on besides constants: which of
+    ``torch.distributed``'s re-exports are still the collectives themselves."""
+    from esper_lifetimes import distributed
+
+    return distributed.table_key()
+
+
+def _rows() -> list[tuple[Any, str, Callable[[Any], Any]]]:
+    global _table_made
+    key = _table_key()
+    if _table_made != key or not _table_rows:
+        _table_rows[:] = _patch_table()
+        _table_made = key
+    return _table_rows
+
+
+def _wrapper(owner: Any, name: str, orig: Any, make: Callable[[Any], Any]) -> Any:
+    """A new wrapper of ``orig``, remembered for the next install."""
+    ours = make(orig)
+    ours.__esper_patch__ = True
+    _wrappers[(id(owner), name)] = (orig, ours)
+    return ours
+
+
 def install() -> None:
     """Installs the patches (reference-counted)."""
     global _install_count
@@ -444,11 +479,14 @@ def install() -> None:
             _heal_locked()
             done: list[tuple[Any, str, Any, Any]] = []
             try:
-                for owner, name, make in _patch_table():
+                wrappers = _wrappers
+                for owner, name, make in _rows():
                     own = owner.__dict__.get(name, MISSING)
                     orig = getattr(owner, name)
-                    ours = make(orig)
-                    ours.__esper_patch__ = True
+                    made = wrappers.get((id(owner), name))
+                    ours = made[1] if made is not None and made[0] is orig else None
+                    if ours is None:
+                        ours = _wrapper(owner, name, orig, make)
                     setattr(owner, name, ours)
                     done.append((owner, name, own, ours))
             except BaseException:
