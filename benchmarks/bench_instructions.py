@@ -40,6 +40,11 @@ Loops (``--loop``):
   one call per launch and its floor, and torch's sanitizer with its stack capture
   removed; prints instructions per event and the ratios ``bench_engine.py`` times (about
   2 minutes; the sanitizer is most of it).
+* ``emulate``: ``bench_emulate.py``'s loop (``y = x * 2 + 1`` on 256 floats, 50 steps
+  of two aten ops per counted step); variants untracked, its no-op function and dispatch
+  modes, ``emulate_cuda()`` on ``device="cuda"`` tensors, ``track()`` on CPU tensors, and
+  both; prints each one's instructions per op above untracked and what emulation adds to
+  tracking.
 
     python benchmarks/bench_instructions.py                 # training loop, ~5 min
     python benchmarks/bench_instructions.py --loop mlp
@@ -159,6 +164,36 @@ def _mlp_variants() -> dict[str, Any]:
     return out
 
 
+def _emulate_variants() -> dict[str, Any]:
+    """bench_emulate.py's configurations as context managers, each yielding the device
+    its loop's tensors live on."""
+    import contextlib
+
+    import bench_emulate as be
+    import esper_lifetimes
+    from esper_lifetimes.emulate import emulate_cuda
+
+    @contextlib.contextmanager
+    def config(emulate: bool, track: bool, noop: bool = False) -> Any:
+        with contextlib.ExitStack() as stack:
+            if noop:
+                stack.enter_context(be._NoOpDispatch())
+                stack.enter_context(be._NoOpFn())
+            if emulate:
+                stack.enter_context(emulate_cuda())
+            if track:
+                stack.enter_context(esper_lifetimes.track("collect"))
+            yield "cuda" if emulate else "cpu"
+
+    return {
+        "untracked": lambda: config(False, False),
+        "no-op modes": lambda: config(False, False, noop=True),
+        "emulated": lambda: config(True, False),
+        "tracked": lambda: config(False, True),
+        "emulated+tracked": lambda: config(True, True),
+    }
+
+
 # the engine loop's variants: bench_engine.py's labels, and which of its drivers runs
 ENGINE_VARIANTS = {
     "bulk replay": "b",
@@ -201,6 +236,8 @@ def _engine_step(variant: str, trace: Any) -> Any:
         return lambda: be.drive_noop(rows, e._noop)
     return lambda: be.drive_calls(rows, e)
 
+
+EMULATE_STEPS = 50  # bench_emulate.py's loop steps per counted step: 100 aten ops
 
 ABLATIONS: dict[str, tuple[Any, dict[str, Any]]] = {
     "head only": ("tr = self.tracker", {}),
@@ -253,6 +290,26 @@ def child(args: argparse.Namespace) -> int:
             b.train_step(envs, api, fixed)
 
         info["ops_per_step"] = b.ops_per_step(envs, api, fixed)
+    elif args.loop == "emulate":
+        import bench_emulate as bem
+        import torch
+
+        ctx = _emulate_variants()[args.variant]
+        info["ops_per_step"] = 2 * EMULATE_STEPS
+        with ctx() as device:
+            x = torch.randn(bem.N, device=device)
+            req(START_INSTRUMENTATION)
+            for _ in range(args.warmup):
+                bem._loop(x, EMULATE_STEPS)
+            gc.collect()
+            req(ZERO_STATS)
+            for _ in range(args.steps):
+                bem._loop(x, EMULATE_STEPS)
+            req.dump("steps")
+            req(STOP_INSTRUMENTATION)
+        with open(args.out, "w") as f:
+            json.dump(info, f)
+        return 0
     else:
         import bench_tracking as bt
 
@@ -426,7 +483,9 @@ def print_engine(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--loop", choices=("training", "mlp", "engine"), default="training")
+    ap.add_argument(
+        "--loop", choices=("training", "mlp", "engine", "emulate"), default="training"
+    )
     ap.add_argument(
         "--events", type=int, default=20_000, help="events of the engine loop's trace (20000)"
     )
@@ -437,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the training loop with its planted hazard (bench_training_loop's default) or fixed",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="counted steps (training 40, mlp 10, engine 1)"
+        "--steps", type=int, default=None, help="counted steps (training 40, mlp 10, engine 1, emulate 10)"
     )
     ap.add_argument(
         "--warmup",
@@ -465,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.sample = DEFAULT_SAMPLE
     if args.steps is None:
-        args.steps = {"training": 40, "mlp": 10, "engine": 1}[args.loop]
+        args.steps = {"training": 40, "mlp": 10, "engine": 1, "emulate": 10}[args.loop]
     if args.warmup is None:
         args.warmup = 1 if args.loop == "engine" else 5
     for name in ("steps", "events"):
@@ -482,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         every = list(ENGINE_VARIANTS)
     elif args.loop == "training":
         every = list(_training_variants(args.sample))
+    elif args.loop == "emulate":
+        every = list(_emulate_variants())
     else:
         every = list(_mlp_variants())
     names = every if args.variants is None else [v.strip() for v in args.variants.split(",")]
@@ -505,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_engine(args, names, res, time.monotonic() - t0)
     n_ops = res["untracked"]["ops_per_step"]
     base = res["untracked"]["counts"]
-    loop = f"training loop ({args.hazard})" if args.loop == "training" else "mlp loop"
+    loop = f"training loop ({args.hazard})" if args.loop == "training" else f"{args.loop} loop"
     print(
         f"{loop}: instructions per step (callgrind Ir), {args.steps} steps "
         + (f"({args.ao_steps} for always-on) " if "always-on" in names else "")
@@ -554,6 +615,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"  mispredicted branches: track() overhead / stock no-op mode overhead = "
                 f"{t / n_ops:.0f} / {o / n_ops:.0f} per op = {t / o:.3f}x"
             )
+    if args.loop == "emulate" and {"emulated", "tracked", "emulated+tracked"} <= set(names):
+        u = per_step("untracked")
+        em, tk, both = (per_step(v) - u for v in ("emulated", "tracked", "emulated+tracked"))
+        print(
+            f"  per op above untracked: emulated {em / n_ops:.0f}, tracked {tk / n_ops:.0f}, "
+            f"emulated+tracked {both / n_ops:.0f}; emulation on top of tracking "
+            f"{(both - tk) / n_ops:.0f} ({(both + u) / (tk + u):.3f}x tracked alone)"
+        )
     modelled = args.loop == "training" and {"hooks", "windows"} <= set(names)
     if modelled:
         frac, wps = cover(args.sample, args.cover_steps, args.hazard == "fixed")

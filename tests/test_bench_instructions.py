@@ -4,6 +4,7 @@ one real counted run prints a per-step count. No figure is judged here."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,20 @@ def test_one_counted_engine_run_prints_instructions_per_event():
     # and the engine's work adds to its no-op floor
     assert 0 < bulk < call and floor < call, lines
     assert any("one call per event / its no-op floor" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("variant", ["no-op modes", "emulated+tracked"])
+def test_the_emulate_loop_runs_each_variant_natively(tmp_path, variant):
+    """A child's run outside valgrind (its client requests do nothing there): the loop
+    bench_emulate.py times, under the variant's modes, on the variant's device."""
+    out = tmp_path / "child.json"
+    args = ["--child", "--loop", "emulate", "--variant", variant, "--steps", "2"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_instructions.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads(out.read_text())
+    assert info == {"on_valgrind": False, "ops_per_step": 100}
