@@ -483,9 +483,7 @@ def print_engine(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--loop", choices=("training", "mlp", "engine", "emulate"), default="training"
-    )
+    ap.add_argument("--loop", choices=("training", "mlp", "engine", "emulate"), default="training")
     ap.add_argument(
         "--events", type=int, default=20_000, help="events of the engine loop's trace (20000)"
     )
@@ -496,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the training loop with its planted hazard (bench_training_loop's default) or fixed",
     )
     ap.add_argument(
-        "--steps", type=int, default=None, help="counted steps (training 40, mlp 10, engine 1, emulate 10)"
+        "--steps",
+        type=int,
+        default=None,
+        help="counted steps (training 40, mlp 10, engine 1, emulate 10)",
     )
     ap.add_argument(
         "--warmup",
