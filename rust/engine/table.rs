@@ -193,7 +193,7 @@ impl Storages {
 /// Asks the kernel to back a large, not yet touched region with transparent huge pages
 /// (Linux, THP in `madvise` mode): a random access into a big table then misses the
 /// TLB far less. Advice only: nothing changes if the kernel says no.
-fn huge_pages(ptr: *mut u8, len: usize) {
+pub(super) fn huge_pages(ptr: *mut u8, len: usize) {
     const HUGE: usize = 2 << 20;
     if len < 2 * HUGE {
         return;
