@@ -12,8 +12,10 @@
 //! table keyed by chunk, lists under each chunk the storages touching it. Storages
 //! being disjoint, the storage containing `x` is listed under `x`'s chunk, and a live
 //! storage overlapping a new range shares a chunk with it: a small query probes one or
-//! two chunks, one miss each (their slots are single cache lines). Storages longer than
-//! the largest tier's chunk (64 MiB) are few and stay in an ordered map.
+//! two chunks per tier that has storages, one miss each (a slot is half a cache line).
+//! Tiers are 16x apart (64 KiB to 256 MiB chunks), so a chunk of any tier but the first
+//! is touched by at most 17 of its storages. Storages longer than the last tier's
+//! chunk are few and stay in an ordered map.
 //!
 //! A range longer than a tier's chunk would have to probe many chunks of that tier;
 //! each grid also counts its registrations per region (64 chunks), so a long range
@@ -26,26 +28,34 @@ use std::collections::BTreeMap;
 /// The key of a free slot: no chunk (chunk numbers are at most `u64::MAX >> 16`).
 const FREE: u64 = u64::MAX;
 /// Registrations kept in the slot itself; more spill into `Grid::spill`.
-const INLINE: usize = 3;
+const INLINE: usize = 2;
 /// Chunks per region: `1 << REGION_BITS`.
 const REGION_BITS: u32 = 6;
 /// A range covering at most this many chunks probes them directly.
 const DIRECT: u64 = 8;
 
-/// One chunk's registrations: `(base, end)` of each storage touching it.
-#[repr(align(64))]
+/// A storage touching a chunk: its base as an offset from the chunk's start (it starts
+/// in that chunk or the one before), and its length (at most the chunk's).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Reg {
+    off: i32,
+    len: u32,
+}
+
+/// One chunk's registrations, in half a cache line.
+#[repr(C, align(32))]
 #[derive(Clone, Copy)]
 struct Slot {
     chunk: u64,
     /// Registrations in all: the first `min(n, INLINE)` inline, the rest spilled.
     n: u32,
-    inline: [(u64, u64); INLINE],
+    inline: [Reg; INLINE],
 }
 
 const EMPTY_SLOT: Slot = Slot {
     chunk: FREE,
     n: 0,
-    inline: [(0, 0); INLINE],
+    inline: [Reg { off: 0, len: 0 }; INLINE],
 };
 
 /// The storages of one tier (each at most `1 << shift` bytes) by chunk.
@@ -59,7 +69,7 @@ struct Grid {
     /// slots after it, which would be more misses; an allocation in the same chunk,
     /// the common reuse, finds its slot), until they are a third of the occupied ones.
     vacant: usize,
-    spill: MixMap<u64, Vec<(u64, u64)>>,
+    spill: MixMap<u64, Vec<Reg>>,
     /// Registrations per region (`chunk >> REGION_BITS`), nonzero counts only.
     regions: MixMap<u64, u32>,
 }
@@ -80,6 +90,23 @@ impl Grid {
     #[inline]
     fn chunks(&self, ptr: u64, end: u64) -> (u64, u64) {
         (ptr >> self.shift, (end - 1) >> self.shift)
+    }
+
+    /// The registration of `[base, end)` under `chunk`, one of the chunks it touches.
+    #[inline]
+    fn reg(&self, chunk: u64, base: u64, end: u64) -> Reg {
+        let start = chunk << self.shift;
+        Reg {
+            off: base.wrapping_sub(start) as i64 as i32,
+            len: (end - base) as u32,
+        }
+    }
+
+    /// `(base, end)` of a registration under `chunk`.
+    #[inline]
+    fn range(&self, chunk: u64, r: Reg) -> (u64, u64) {
+        let base = (chunk << self.shift).wrapping_add(i64::from(r.off) as u64);
+        (base, base + u64::from(r.len))
     }
 
     #[inline]
@@ -107,11 +134,13 @@ impl Grid {
     fn each(&self, i: usize, mut f: impl FnMut(u64, u64)) {
         let s = &self.slots[i];
         let n = s.n as usize;
-        for &(b, e) in &s.inline[..n.min(INLINE)] {
+        for &r in &s.inline[..n.min(INLINE)] {
+            let (b, e) = self.range(s.chunk, r);
             f(b, e);
         }
         if n > INLINE {
-            for &(b, e) in &self.spill[&s.chunk] {
+            for &r in &self.spill[&s.chunk] {
+                let (b, e) = self.range(s.chunk, r);
                 f(b, e);
             }
         }
@@ -127,11 +156,13 @@ impl Grid {
     fn remove(&mut self, base: u64, end: u64) {
         let (c0, c1) = self.chunks(base, end);
         for c in c0..=c1 {
-            self.del(c, base);
+            let r = self.reg(c, base, end);
+            self.del(c, r);
         }
     }
 
     fn add(&mut self, chunk: u64, base: u64, end: u64) {
+        let reg = self.reg(chunk, base, end);
         let i = match self.find(chunk) {
             Some(i) => {
                 if self.slots[i].n == 0 {
@@ -158,19 +189,19 @@ impl Grid {
         let s = &mut self.slots[i];
         let n = s.n as usize;
         if n < INLINE {
-            s.inline[n] = (base, end);
+            s.inline[n] = reg;
         } else {
-            self.spill.entry(chunk).or_default().push((base, end));
+            self.spill.entry(chunk).or_default().push(reg);
         }
         s.n += 1;
         *self.regions.entry(chunk >> REGION_BITS).or_default() += 1;
     }
 
-    fn del(&mut self, chunk: u64, base: u64) {
+    fn del(&mut self, chunk: u64, reg: Reg) {
         let i = self.find(chunk).expect("registered chunk");
         let s = &mut self.slots[i];
         let n = s.n as usize;
-        if let Some(k) = s.inline[..n.min(INLINE)].iter().position(|r| r.0 == base) {
+        if let Some(k) = s.inline[..n.min(INLINE)].iter().position(|&r| r == reg) {
             // refill from the spill (its last), or from the last inline registration
             s.inline[k] = if n > INLINE {
                 let v = self.spill.get_mut(&chunk).expect("spilled registrations");
@@ -184,7 +215,7 @@ impl Grid {
             };
         } else {
             let v = self.spill.get_mut(&chunk).expect("spilled registrations");
-            let k = v.iter().position(|r| r.0 == base).expect("registration");
+            let k = v.iter().position(|&r| r == reg).expect("registration");
             v.swap_remove(k);
             if v.is_empty() {
                 self.spill.remove(&chunk);
@@ -300,12 +331,13 @@ impl Grid {
 }
 
 /// Tier shifts: a storage of at most `1 << shift` bytes goes to the first tier that
-/// takes it (64 KiB chunks, then 64 MiB chunks); longer ones go to `AddrIndex::long`.
-const TIERS: [u32; 2] = [16, 26];
+/// takes it (64 KiB, 1 MiB, 16 MiB, 256 MiB chunks); longer ones go to
+/// `AddrIndex::long`. A registration's offset and length fit in 32 bits (shift <= 30).
+const TIERS: [u32; 4] = [16, 20, 24, 28];
 
 /// Live storages `[base, end)` (disjoint), by address.
 pub(super) struct AddrIndex {
-    grids: [Grid; 2],
+    grids: [Grid; TIERS.len()],
     /// Storages longer than the last tier's chunk: base -> end.
     long: BTreeMap<u64, u64>,
 }
@@ -426,14 +458,18 @@ mod tests {
 
     /// A size on every scale: a few bytes, around each tier's chunk, beyond the last.
     fn size(r: &mut Rng) -> u64 {
-        match r.below(8) {
+        match r.below(10) {
             0 => 1 + r.below(64),
             1 => 1 + r.below(1 << 16),
-            2 => (1 << 16) - 2 + r.below(5),
+            2 => {
+                let t = TIERS[r.below(TIERS.len() as u64) as usize];
+                (1 << t) - 2 + r.below(5)
+            }
             3 => 1 + r.below(1 << 20),
-            4 => (1 << 26) - 2 + r.below(5),
+            4 => 1 + r.below(1 << 24),
             5 => 1 + r.below(1 << 28),
             6 => 512 * (1 + r.below(256)),
+            7 => (1 << 28) + r.below(1 << 31),
             _ => 1 + r.below(1 << 12),
         }
     }
@@ -511,6 +547,13 @@ mod tests {
             }
             assert!(ix.long.is_empty());
         }
+    }
+
+    /// Two slots to a cache line, never one across two.
+    #[test]
+    fn addr_slot_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::align_of::<Slot>(), 32);
     }
 
     /// Many small storages in one chunk (spilled registrations), removed in every order.
