@@ -48,7 +48,7 @@ impl Engine {
     /// Is the storage table small enough (1 MiB: an L2 cache) to stay in cache?
     #[inline]
     pub(crate) fn storages_in_cache(&self) -> bool {
-        self.storages.bytes() <= 1 << 20
+        !self.storages.out_of_cache()
     }
 
     #[inline]
