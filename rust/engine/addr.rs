@@ -18,8 +18,10 @@
 //! chunk are few and stay in an ordered map.
 //!
 //! A range longer than a tier's chunk would have to probe many chunks of that tier;
-//! each grid also counts its registrations per region (64 chunks), so a long range
-//! probes the regions it covers and only the chunks of regions that hold something.
+//! each grid also keeps, per region of 64 chunks, a bitmap of its chunks that hold a
+//! registration, so a long range reads the bitmaps of the regions it covers and probes
+//! only chunks that hold something (in an allocation that overlaps nothing, at most
+//! the one or two at its ends).
 
 use super::table::huge_pages;
 use crate::hashing::{mix, MixMap};
@@ -31,6 +33,15 @@ const FREE: u64 = u64::MAX;
 const INLINE: usize = 2;
 /// Chunks per region: `1 << REGION_BITS`.
 const REGION_BITS: u32 = 6;
+// a region's bitmap is one u64
+const _: () = assert!(1 << REGION_BITS == u64::BITS);
+
+/// The bit of `chunk` in its region's bitmap.
+#[inline]
+fn region_bit(chunk: u64) -> u64 {
+    1 << (chunk & ((1 << REGION_BITS) - 1))
+}
+
 /// A range covering at most this many chunks probes them directly.
 const DIRECT: u64 = 8;
 
@@ -70,8 +81,9 @@ struct Grid {
     /// the common reuse, finds its slot), until they are a third of the occupied ones.
     vacant: usize,
     spill: MixMap<u64, Vec<Reg>>,
-    /// Registrations per region (`chunk >> REGION_BITS`), nonzero counts only.
-    regions: MixMap<u64, u32>,
+    /// Per region (`chunk >> REGION_BITS`), bit `chunk & 63`: the chunk has a
+    /// registration. Nonzero bitmaps only.
+    regions: MixMap<u64, u64>,
 }
 
 impl Grid {
@@ -194,7 +206,9 @@ impl Grid {
             self.spill.entry(chunk).or_default().push(reg);
         }
         s.n += 1;
-        *self.regions.entry(chunk >> REGION_BITS).or_default() += 1;
+        if s.n == 1 {
+            *self.regions.entry(chunk >> REGION_BITS).or_default() |= region_bit(chunk);
+        }
     }
 
     fn del(&mut self, chunk: u64, reg: Reg) {
@@ -222,13 +236,13 @@ impl Grid {
             }
         }
         s.n -= 1;
-        let r = chunk >> REGION_BITS;
-        let count = self.regions.get_mut(&r).expect("region count");
-        *count -= 1;
-        if *count == 0 {
-            self.regions.remove(&r);
-        }
-        if self.slots[i].n == 0 {
+        if s.n == 0 {
+            let r = chunk >> REGION_BITS;
+            let bits = self.regions.get_mut(&r).expect("region bitmap");
+            *bits &= !region_bit(chunk);
+            if *bits == 0 {
+                self.regions.remove(&r);
+            }
             self.vacant += 1;
             if self.vacant >= 1024 && self.vacant * 3 > self.used {
                 self.rebuild(self.slots.len());
@@ -307,23 +321,28 @@ impl Grid {
             }
             return best;
         }
-        // a long range: only the chunks of regions holding registrations
+        // a long range: only the chunks in it that hold registrations
         let (r0, r1) = (c0 >> REGION_BITS, c1 >> REGION_BITS);
-        let mut held: Vec<u64> = if r1 - r0 >= self.regions.len() as u64 {
+        let held: Vec<(u64, u64)> = if r1 - r0 >= self.regions.len() as u64 {
             self.regions
-                .keys()
-                .copied()
-                .filter(|r| (r0..=r1).contains(r))
+                .iter()
+                .filter(|(r, _)| (r0..=r1).contains(*r))
+                .map(|(&r, &bits)| (r, bits))
                 .collect()
         } else {
-            (r0..=r1).filter(|r| self.regions.contains_key(r)).collect()
+            (r0..=r1)
+                .filter_map(|r| self.regions.get(&r).map(|&bits| (r, bits)))
+                .collect()
         };
-        held.sort_unstable();
-        for r in held {
-            let first = (r << REGION_BITS).max(c0);
-            let last = (r << REGION_BITS | ((1 << REGION_BITS) - 1)).min(c1);
-            for c in first..=last {
-                probe(c);
+        for (r, bits) in held {
+            let start = r << REGION_BITS;
+            // the region's chunks inside [c0, c1]
+            let lo = c0.saturating_sub(start).min(63) as u32;
+            let hi = (c1 - start).min(63) as u32;
+            let mut hit = bits & (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
+            while hit != 0 {
+                probe(start + u64::from(hit.trailing_zeros()));
+                hit &= hit - 1;
             }
         }
         best
