@@ -17,7 +17,7 @@ impl Engine {
     }
 
     /// `(base, nbytes)` of the live storage containing `ptr`, if any: one hash probe for
-    /// a base pointer (the hot path), the ordered map for an interior one.
+    /// a base pointer (the hot path), the address index for an interior one.
     #[inline]
     pub(super) fn find(&self, ptr: u64) -> Option<(u64, u64)> {
         self.locate(ptr).map(|(_, base, len)| (base, len))
@@ -34,10 +34,7 @@ impl Engine {
 
     #[inline(never)]
     fn locate_interior(&self, ptr: u64) -> Option<(usize, u64, u64)> {
-        let (&base, &end) = self.by_addr.range(..=ptr).next_back()?;
-        if ptr >= end {
-            return None;
-        }
+        let (base, end) = self.by_addr.containing(ptr)?;
         let i = self.storages.index_of(base).expect("live storage");
         Some((i, base, end - base))
     }
@@ -51,7 +48,7 @@ impl Engine {
     /// Is the storage table small enough (1 MiB: an L2 cache) to stay in cache?
     #[inline]
     pub(crate) fn storages_in_cache(&self) -> bool {
-        self.storages.bytes() <= 1 << 20
+        !self.storages.out_of_cache()
     }
 
     #[inline]
@@ -67,16 +64,14 @@ impl Engine {
     /// The end of a new storage `[ptr, ptr+nbytes)`, or the error if it overlaps a live one.
     pub(super) fn check_new(&self, op: &'static str, ptr: u64, nbytes: u64) -> Result<u64> {
         let end = Self::check_size(nbytes, ptr)?;
-        if let Some((&base, &bend)) = self.by_addr.range(..end).next_back() {
-            if bend > ptr {
-                return Err(EngineError::Overlap {
-                    op,
-                    ptr,
-                    nbytes,
-                    base,
-                    len: bend - base,
-                });
-            }
+        if let Some((base, bend)) = self.by_addr.overlapping(ptr, end) {
+            return Err(EngineError::Overlap {
+                op,
+                ptr,
+                nbytes,
+                base,
+                len: bend - base,
+            });
         }
         Ok(end)
     }
@@ -467,7 +462,7 @@ impl Engine {
             });
         };
         self.processed += 1;
-        self.by_addr.remove(&ptr);
+        self.by_addr.remove(ptr, ptr + st.nbytes);
         let a = st.alloc_stream;
         // Uses not recorded and not covered now: the bytes a reuse could race with.
         let uncovered: SmallVec<[Use; 2]> = st

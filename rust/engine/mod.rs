@@ -7,6 +7,7 @@
 //! Every public method validates its input before it changes anything, so a call that
 //! returns an error leaves the engine exactly as it was.
 
+mod addr;
 mod host;
 mod memory;
 pub(crate) mod order;
@@ -200,8 +201,8 @@ pub struct Engine {
     host: Clock,
     /// Live storages by base pointer (the hot path: one probe reaches the state).
     storages: table::Storages,
-    /// Base -> end of every live storage, for interior pointers and overlap checks.
-    by_addr: BTreeMap<u64, u64>,
+    /// `[base, end)` of every live storage, for interior pointers and overlap checks.
+    by_addr: addr::AddrIndex,
     tombs: BTreeMap<u64, Tomb>,
     tomb_prune_at: usize,
     tombs_dropped: u64,
@@ -236,7 +237,7 @@ impl Engine {
             events: MixMap::default(),
             host: Clock::default(),
             storages: table::Storages::default(),
-            by_addr: BTreeMap::new(),
+            by_addr: addr::AddrIndex::default(),
             tombs: BTreeMap::new(),
             tomb_prune_at: 1024,
             tombs_dropped: 0,
