@@ -124,7 +124,9 @@ OUTSIDE = BASE + (SLOTS + 4) * UNIT  # never allocated
 # The engine may also get every address and size scaled by a factor (offsets from BASE
 # and sizes multiplied): the verdicts must not change, only the pointers and sizes in
 # them. This tests realistic sizes against a per-byte model that only sees small ones.
-SCALES = (1, 1, 4096)
+# 4096: storages up to 96 KiB; 1 << 24: up to 384 MiB, so the engine's address index
+# (rust/engine/addr.rs) sees every size tier and the ordered map past its last.
+SCALES = (1, 1, 4096, 1 << 24)
 # argument positions of (pointer, size) for the calls that take them
 ADDRESS_ARGS = {
     "alloc": (0, 1),
