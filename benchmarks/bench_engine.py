@@ -266,6 +266,45 @@ def drive_calls(rows: list, e: Any) -> float:
     return time.perf_counter() - t0
 
 
+def drive_lookups(rows: list, e: Any) -> float:
+    """(l): the loop of drive_calls with each access replaced by ``Engine._lookup``: the
+    same arguments and checks, then only finding the storage (what an access does first);
+    every other row runs as in (a), so the live set is the same. (l)'s increase from the
+    small live set to the large one is what finding a storage costs there."""
+    alloc, lookup, free, record_stream = e.alloc, e._lookup, e.free, e.record_stream
+    event_record, event_wait, stream_wait = e.event_record, e.event_wait, e.stream_wait
+    stream_sync, event_sync, device_sync = (
+        e.stream_synchronize,
+        e.event_synchronize,
+        e.device_synchronize,
+    )
+    t0 = time.perf_counter()
+    for op, a, b, c in rows:
+        if op == 1:
+            lookup(a, b, c)
+        elif op == 2:
+            lookup(a, b, c, True)
+        elif op == 0:
+            alloc(a, b, c)
+        elif op == 3:
+            free(a)
+        elif op == 5:
+            event_record(a, b)
+        elif op == 6:
+            event_wait(a, b)
+        elif op == 4:
+            record_stream(a, b)
+        elif op == 7:
+            stream_wait(a, b)
+        elif op == 8:
+            stream_sync(a)
+        elif op == 9:
+            event_sync(a)
+        else:
+            device_sync()
+    return time.perf_counter() - t0
+
+
 def drive_noop(rows: list, noop: Callable) -> float:
     """(d): the loop of drive_calls with each engine call replaced by the no-op method.
 
@@ -623,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
+    def lookups(trace: SyntheticTrace) -> Callable[[], float]:
+        def run() -> float:
+            e = fresh_engine(trace)
+            return timed(lambda: drive_lookups(rows[id(trace)], e))
+
+        return run
+
     def calls_from_c(key: str, trace: SyntheticTrace, floor: bool) -> Callable[[], float]:
         def run() -> float:
             e = Engine() if floor else fresh_engine(trace)
@@ -679,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     variants["a_hot"] = Variant(
         f"(a)  same, {big}, {args.live:,} hot", calls("a_hot", large_hot), n_hot
     )
+    variants["l"] = Variant("(l)  lookup only (Engine._lookup)", lookups(small), n_small)
+    variants["l_large"] = Variant(f"(l)  same, {big}", lookups(large), n_large)
     variants["a_c"] = Variant(
         "(a*) engine calls driven from C (starmap)", calls_from_c("a_c", small, False), n_small
     )
@@ -779,6 +827,25 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio (a) per-event cost, {args.live_large:,} vs {args.live:,} live storages: {r:.2f}x   "
         f"[target <= 2x: {target(r <= 2)}{best('a_large', 'a')}]"
+    )
+    # Where the large live set's extra cost goes: finding the storage (l) against the
+    # whole access (a), both as increases over the small live set, per access row.
+    n_access = int(np.isin(small.work[:, 0], (READ, WRITE)).sum())
+    per_access = len(small.work) / max(1, n_access)
+    grow_a = (ns["a_large"] - ns["a"]) * per_access
+    grow_l = (ns["l_large"] - ns["l"]) * per_access
+    ratios["access_increase_large_ns"] = grow_a
+    ratios["lookup_increase_large_ns"] = grow_l
+    ratios["calls_large_vs_small_plus_lookup"] = r = ns["a_large"] / (
+        ns["a"] + ns["l_large"] - ns["l"]
+    )
+    print(
+        f"      of which finding the storage: per access, {args.live_large:,} live adds "
+        f"{grow_a:.0f} ns to (a) and {grow_l:.0f} ns to the lookup alone (l) "
+        f"({grow_l / grow_a:.0%} of it, when positive); (a) at {args.live_large:,} vs "
+        f"(a) at {args.live:,} plus the lookup's increase: {r:.2f}x"
+        if grow_a > 0
+        else f"      of which finding the storage: (a) did not grow ({grow_a:.0f} ns per access)"
     )
     ratios["launch_calls_large_vs_small_live"] = r = ns["a_l_large"] / ns["a_l"]
     print(f"      (a-l) one call per launch: {r:.2f}x")

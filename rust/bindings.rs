@@ -749,6 +749,21 @@ impl Engine {
     ) {
         let _ = (ptr, nbytes, stream, write, site);
     }
+
+    /// For benchmarks: `_noop` plus finding the live storage containing `ptr` (what an
+    /// access does first, and all that a larger live set makes dearer); True if found.
+    #[pyo3(signature = (ptr, nbytes, stream, write=None, site=None))]
+    fn _lookup(
+        &self,
+        ptr: Ptr,
+        nbytes: Size,
+        stream: H<StreamN>,
+        write: Option<Flag<WriteN>>,
+        site: Site<'_, '_>,
+    ) -> bool {
+        let _ = (nbytes, stream, write, site);
+        self.lock().is_live(ptr.0)
+    }
 }
 
 /// Declares `Hazard` from one list of fields: the class with a getter each, `to_dict()`

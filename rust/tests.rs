@@ -514,38 +514,41 @@ fn reuse_across_virtual_streams_is_not_a_reuse_race() {
 }
 
 /// A development probe, not a check: `cargo test --release timing_million_live --
-/// --ignored --nocapture` prints the per-access cost with 1k and 1M live storages (the
-/// benchmark with its ratios is benchmarks/bench_engine.py).
+/// --ignored --nocapture` prints the per-access cost with 1k and 1M live storages, each
+/// storage read by 1 to 4 streams (from 3, its uses spill out of the slot to the heap;
+/// the benchmark with its ratios is benchmarks/bench_engine.py).
 #[test]
 #[ignore]
 fn timing_million_live() {
-    for &n in &[1000u64, 1_000_000] {
-        let mut e = Engine::new();
-        for i in 0..n {
-            e.alloc(0x1000_0000 + i * 8192, 4096, (1 + (i & 3)) as i128, 0)
+    for &k in &[1u64, 2, 3, 4] {
+        for &n in &[1000u64, 1_000_000] {
+            let mut e = Engine::new();
+            for i in 0..n {
+                e.alloc(0x1000_0000 + i * 8192, 4096, (1 + (i & 3)) as i128, 0)
+                    .unwrap();
+            }
+            let mut x: u64 = 12345;
+            let t = std::time::Instant::now();
+            let m = 2_000_000u64;
+            for _ in 0..m {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = x % n;
+                e.access(
+                    0x1000_0000 + i * 8192,
+                    4096,
+                    (1 + ((i & 3) + (x >> 40) % k) % 4) as i128,
+                    false,
+                    0,
+                )
                 .unwrap();
+            }
+            eprintln!(
+                "streams per storage {k}, n={n}: {:.1} ns/access",
+                t.elapsed().as_nanos() as f64 / m as f64
+            );
         }
-        let mut x: u64 = 12345;
-        let t = std::time::Instant::now();
-        let m = 2_000_000u64;
-        for _ in 0..m {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let i = x % n;
-            e.access(
-                0x1000_0000 + i * 8192,
-                4096,
-                (1 + (x >> 40) % 4) as i128,
-                false,
-                0,
-            )
-            .unwrap();
-        }
-        eprintln!(
-            "n={n}: {:.1} ns/access",
-            t.elapsed().as_nanos() as f64 / m as f64
-        );
     }
 }
 

@@ -30,6 +30,7 @@ def test_bench_quick_prints_the_ratio_lines(tmp_path):
         "ratio (a) vs floor (d): ",
         "ratio (b) bulk throughput: ",
         "ratio (a) per-event cost, 100,000 vs 1,000 live storages: ",
+        "      of which finding the storage: ",
     ):
         assert any(line.startswith(prefix) for line in lines), prefix
     # every engine variant replayed the trace without a hazard (it is built clean)
@@ -39,6 +40,22 @@ def test_bench_quick_prints_the_ratio_lines(tmp_path):
     results = json.loads(out.read_text())
     assert results["ratios"]["bulk_events_per_second"] > 0
     assert results["ratios"]["calls_large_vs_small_live"] > 0
+    assert "lookup_increase_large_ns" in results["ratios"]
+
+
+def test_the_lookup_floor_finds_what_an_access_finds():
+    """bench_engine.py's (l) variant: Engine._lookup takes access's arguments and says
+    whether the pointer is inside a live storage, as access's first step finds it."""
+    from esper_lifetimes import Engine
+
+    e = Engine()
+    e.alloc(0x1000, 256, 1)
+    assert e._lookup(0x1000, 256, 1)
+    assert e._lookup(0x10FF, 1, 2, True)  # an interior pointer, any stream
+    assert not e._lookup(0x1100, 1, 1)
+    e.free(0x1000)
+    assert not e._lookup(0x1000, 256, 1)
+    assert e.hazard_count() == 0 and e.storage_at(0x1000) is None
 
 
 def test_bench_hooks_prints_untracked_and_always_on_costs():

@@ -197,6 +197,10 @@ class Engine:
     def _noop(
         self, ptr: int, nbytes: int, stream: int, write: bool | None = None, site: _Site = None
     ) -> None: ...
+    def _lookup(
+        self, ptr: int, nbytes: int, stream: int, write: bool | None = None, site: _Site = None
+    ) -> bool:
+        """``_noop`` plus finding the live storage containing ``ptr``; True if found."""
 
 @final
 class AlwaysOnHooks:

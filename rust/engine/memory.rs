@@ -56,6 +56,11 @@ impl Engine {
         self.storages.get(base).expect("live storage")
     }
 
+    /// Is `ptr` inside a live storage? (`find`, for benchmarks of the lookup alone.)
+    pub fn is_live(&self, ptr: u64) -> bool {
+        self.find(ptr).is_some()
+    }
+
     pub fn storage_at(&self, ptr: u64) -> Option<(u64, u64, Handle)> {
         let st = self.storage(self.find(ptr)?.0);
         Some((st.base, st.nbytes, self.stream_handle(st.alloc_stream)))
