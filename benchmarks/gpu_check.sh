@@ -40,7 +40,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('esp
 
 # 3. The CUDA tests on the device (`-m cuda`; test_reports needs jsonschema, which the
 #    device machine lacks, and has no CUDA test).
-timeout 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider --ignore=tests/test_reports.py \
+timeout 220 "$PY" -m pytest -q -m cuda -p no:cacheprovider --ignore=tests/test_reports.py \
     tests 2>&1 | tee "$OUT/pytest-cuda.log"
 echo "pytest -m cuda: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
 
@@ -54,8 +54,8 @@ echo "bench_training_loop: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
 #    2-core VM cannot settle (its runs spread by more than the 2% and 1.25x targets), on
 #    this machine's quieter cores: the same loop on virtual streams (always-on's step
 #    overhead) and full tracking's overhead per op against a stock no-op mode.
-timeout 90 "$PY" benchmarks/bench_training_loop.py --cpu --no-ablation --rounds 41 \
+timeout 75 "$PY" benchmarks/bench_training_loop.py --cpu --no-ablation --rounds 41 \
     --skip detect,false,memory 2>&1 | tee "$OUT/training-loop-cpu.log"
 echo "bench_training_loop --cpu: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
-timeout 60 "$PY" benchmarks/bench_tracking.py --repeats 30 2>&1 | tee "$OUT/tracking-cpu.log"
+timeout 90 "$PY" benchmarks/bench_tracking.py --repeats 15 2>&1 | tee "$OUT/tracking-cpu.log"
 echo "bench_tracking: exit ${PIPESTATUS[0]}" | tee -a "$OUT/machine.txt"
