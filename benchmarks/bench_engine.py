@@ -11,7 +11,10 @@ freed while another stream reads them; stream waits and syncs) is replayed throu
        its dispatch mode would, (c) as shipped and (c') with its per-call stack capture
        patched out (its fastest form);
   (d)  the floor: a no-op PyO3 call (``Engine._noop``) in place of each
-       engine call, driven by the same loop as (a).
+       engine call, driven by the same loop as (a);
+  (l)  (a) with each access replaced by ``Engine._lookup`` (the same arguments, then
+       only finding the storage), at both live-set sizes: how much of (a)'s growth with
+       the live set is finding the storage.
 
 Events are the trace's rows (one storage access, allocation, free, record_stream, event
 record/wait, stream wait or sync each); every variant processes the same rows, so the
@@ -230,9 +233,14 @@ def generate(
 # --------------------------------------------------------------------------------------
 
 
-def drive_calls(rows: list, e: Any) -> float:
-    """(a): one engine method call per row, positional arguments, no sites."""
-    alloc, access, free, record_stream = e.alloc, e.access, e.free, e.record_stream
+def drive_calls(rows: list, e: Any, access: Callable | None = None) -> float:
+    """(a): one engine method call per row, positional arguments, no sites. With
+    ``access=e._lookup``, (l): each access replaced by ``Engine._lookup`` (the same
+    arguments and checks, then only finding the storage, what an access does first);
+    every other row runs as in (a), so the live set is the same. (l)'s increase from the
+    small live set to the large one is what finding a storage costs there."""
+    alloc, free, record_stream = e.alloc, e.free, e.record_stream
+    access = access or e.access
     event_record, event_wait, stream_wait = e.event_record, e.event_wait, e.stream_wait
     stream_sync, event_sync, device_sync = (
         e.stream_synchronize,
@@ -245,45 +253,6 @@ def drive_calls(rows: list, e: Any) -> float:
             access(a, b, c)
         elif op == 2:
             access(a, b, c, True)
-        elif op == 0:
-            alloc(a, b, c)
-        elif op == 3:
-            free(a)
-        elif op == 5:
-            event_record(a, b)
-        elif op == 6:
-            event_wait(a, b)
-        elif op == 4:
-            record_stream(a, b)
-        elif op == 7:
-            stream_wait(a, b)
-        elif op == 8:
-            stream_sync(a)
-        elif op == 9:
-            event_sync(a)
-        else:
-            device_sync()
-    return time.perf_counter() - t0
-
-
-def drive_lookups(rows: list, e: Any) -> float:
-    """(l): the loop of drive_calls with each access replaced by ``Engine._lookup``: the
-    same arguments and checks, then only finding the storage (what an access does first);
-    every other row runs as in (a), so the live set is the same. (l)'s increase from the
-    small live set to the large one is what finding a storage costs there."""
-    alloc, lookup, free, record_stream = e.alloc, e._lookup, e.free, e.record_stream
-    event_record, event_wait, stream_wait = e.event_record, e.event_wait, e.stream_wait
-    stream_sync, event_sync, device_sync = (
-        e.stream_synchronize,
-        e.event_synchronize,
-        e.device_synchronize,
-    )
-    t0 = time.perf_counter()
-    for op, a, b, c in rows:
-        if op == 1:
-            lookup(a, b, c)
-        elif op == 2:
-            lookup(a, b, c, True)
         elif op == 0:
             alloc(a, b, c)
         elif op == 3:
@@ -665,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     def lookups(trace: SyntheticTrace) -> Callable[[], float]:
         def run() -> float:
             e = fresh_engine(trace)
-            return timed(lambda: drive_lookups(rows[id(trace)], e))
+            return timed(lambda: drive_calls(rows[id(trace)], e, e._lookup))
 
         return run
 
