@@ -977,6 +977,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Hazard>()?;
     m.add_class::<crate::hooks::AlwaysOnHooks>()?;
+    m.add_function(wrap_pyfunction!(crate::hooks::item_method, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::hooks::set_item_hooks, m)?)?;
     m.add("LifetimesError", py.get_type::<LifetimesError>())?;
     m.add(
         "InvalidArgumentError",

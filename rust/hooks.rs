@@ -19,11 +19,15 @@
 
 use crate::bindings::{handle_arg, Engine};
 use crate::engine::Handle;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PySet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use pyo3::types::{PyDict, PySet, PyType};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 
 extern "C" {
     // CPython's stable ABI (what `threading.get_ident()` returns); pyo3-ffi does not
@@ -266,7 +270,7 @@ impl AlwaysOnHooks {
 
     /// A blocking host read of `t` on the watched thread, alone there, no emulation.
     fn blocking_read(&self, py: Python<'_>, r: &Refs, t: &Bound<'_, PyAny>) -> PyResult<()> {
-        if !t.getattr(intern!(py, "is_cpu"))?.is_truthy()? || !r.host_marks.bind(py).is_empty() {
+        if !is_cpu(py, t)? || !r.host_marks.bind(py).is_empty() {
             // CUDA memory (its current stream), marked host memory: the Python path
             r.tracker
                 .bind(py)
@@ -470,10 +474,10 @@ impl AlwaysOnHooks {
         self.sync_then_barrier(py, "device_synchronize", |_| Ok(Ev::DeviceSync));
     }
 
-    /// After torch's `Tensor.item()` on `t` returned (the Python wrapper calls torch's
-    /// first: a call from here would build an argument tuple per call): on the watched
-    /// thread and outside the tracker's own calls, the blocking read (a sync of the
-    /// current stream) and the barrier. Never raises.
+    /// After torch's `Tensor.item()` on `t` returned (the compiled `Tensor.item`,
+    /// `item_impl` below, calls torch's first, then this): on the watched thread and
+    /// outside the tracker's own calls, the blocking read (a sync of the current stream)
+    /// and the barrier. Never raises.
     fn after_item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) {
         if !self.active.load(Relaxed) || current_thread() != self.thread {
             return;
@@ -551,5 +555,144 @@ impl AlwaysOnHooks {
 
     fn __clear__(&mut self) {
         self.refs = None;
+    }
+}
+
+// ----- `Tensor.item()`, compiled -------------------------------------------------------
+//
+// `.item()` is the one sync many loops have (`loss.item()`), and it dispatches
+// `_local_scalar_dense` only to a dispatch mode, so outside windows it is invisible. While
+// an always-on tracker runs, `torch.Tensor.item` is replaced by a method descriptor made
+// here (`item_method`): a C method of `torch._C.TensorBase`, as torch's own is, so that
+// `t.item()` is called with no bound method and no Python frame. It calls torch's `item`
+// first, then, when hooks are set (`set_item_hooks`), `AlwaysOnHooks::after_item`.
+
+/// `TensorBase.is_cpu`'s descriptor and its `tp_descr_get` (both held for the process,
+/// set by `item_method`): `t.is_cpu` without the attribute lookup through `Tensor`'s MRO.
+static IS_CPU: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+
+/// `t.is_cpu`.
+#[inline]
+fn is_cpu(py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let Some(&(descr, get)) = IS_CPU.get() else {
+        return t.getattr(intern!(py, "is_cpu"))?.is_truthy();
+    };
+    // SAFETY: `get` is the descr_get slot of `descr`'s type, both kept alive for the
+    // process; the getter checks that `t` is a TensorBase and raises if not
+    let v = unsafe {
+        let get: ffi::descrgetfunc = std::mem::transmute(get);
+        get(
+            descr as *mut ffi::PyObject,
+            t.as_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    // SAFETY: a new reference, or null with the error set
+    let v = unsafe { Bound::from_owned_ptr_or_err(py, v) }?;
+    v.is_truthy()
+}
+
+/// torch's own `item` (a method descriptor), held once `item_method` made ours.
+static ITEM_ORIG: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+/// The hooks `.item()` reports to (a strong reference), or null; changed under the GIL.
+static ITEM_HOOKS: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+unsafe extern "C" fn item_impl(
+    slf: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let orig = ITEM_ORIG.load(Relaxed);
+    // SAFETY: called by CPython with the GIL held and `slf` a TensorBase; `orig` is a
+    // strong reference kept for the life of the process. The varargs call passes its
+    // arguments on the stack to the descriptor's vectorcall (no tuple is built).
+    let result = unsafe {
+        ffi::PyObject_CallFunctionObjArgs(orig, slf, std::ptr::null_mut::<ffi::PyObject>())
+    };
+    if result.is_null() || ITEM_HOOKS.load(Relaxed).is_null() {
+        return result; // torch raised (its error goes to the caller), or no tracker
+    }
+    // SAFETY: the GIL is held (see above)
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: a non-null ITEM_HOOKS is a strong reference to an AlwaysOnHooks; a clone
+    // keeps it alive even if the hook's Python path removes it meanwhile
+    let hooks = unsafe { Bound::from_borrowed_ptr(py, ITEM_HOOKS.load(Relaxed)) };
+    let t = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    if let Ok(h) = hooks.cast::<AlwaysOnHooks>() {
+        // a shared borrow, as a call of the `after_item` method takes
+        if let Ok(h) = h.try_borrow() {
+            h.after_item(py, &t);
+        }
+    }
+    if let Some(e) = PyErr::take(py) {
+        // after_item hands its failures to the tracker; whatever escaped that is
+        // printed as unraisable, never raised into the program's `.item()`
+        e.write_unraisable(py, Some(&t));
+    }
+    result
+}
+
+/// Makes the compiled `Tensor.item` (once per process: `base` is `torch._C.TensorBase`,
+/// `orig` its `item`). Later calls return a new descriptor of the same method.
+#[pyfunction]
+pub fn item_method(base: &Bound<'_, PyType>, orig: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = base.py();
+    if !orig.is_callable() {
+        return Err(PyTypeError::new_err("orig must be torch's Tensor.item"));
+    }
+    let held = ITEM_ORIG.load(Relaxed);
+    if held.is_null() {
+        ITEM_ORIG.store(orig.clone().into_ptr(), Relaxed); // held for the process
+    } else if held != orig.as_ptr() {
+        return Err(PyValueError::new_err(
+            "item_method was made for another Tensor.item; it is made once per process",
+        ));
+    }
+    if IS_CPU.get().is_none() {
+        let d = base.getattr("is_cpu")?;
+        // SAFETY: a valid object's type; PyType_GetSlot reads static types from 3.10
+        let get = unsafe { ffi::PyType_GetSlot(ffi::Py_TYPE(d.as_ptr()), ffi::Py_tp_descr_get) };
+        if !get.is_null() {
+            let _ = IS_CPU.set((d.into_ptr() as usize, get as usize)); // held
+        }
+    }
+    static DEF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let def = *DEF.get_or_init(|| {
+        let doc = orig
+            .getattr("__doc__")
+            .ok()
+            .and_then(|d| d.extract::<String>().ok())
+            .map(|d| {
+                format!(
+                    "{d}\n\n(esper_lifetimes: while an always-on tracker runs, this is its \
+                     compiled wrapper of torch's item(), which reports the blocking read.)"
+                )
+            })
+            .and_then(|d| std::ffi::CString::new(d).ok());
+        let def = Box::new(ffi::PyMethodDef {
+            ml_name: c"item".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunction: item_impl,
+            },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: doc.map_or(std::ptr::null(), |d| d.into_raw()),
+        });
+        Box::into_raw(def) as usize // kept for the process: CPython keeps pointing at it
+    });
+    // SAFETY: a valid type and a PyMethodDef that lives for the process
+    let d = unsafe { ffi::PyDescr_NewMethod(base.as_type_ptr(), def as *mut ffi::PyMethodDef) };
+    // SAFETY: a new reference, or null with the error set
+    unsafe { Bound::from_owned_ptr_or_err(py, d) }.map(Bound::unbind)
+}
+
+/// The hooks the compiled `Tensor.item` reports to (None: none; it then only calls
+/// torch's).
+#[pyfunction]
+#[pyo3(signature = (hooks))]
+pub fn set_item_hooks(hooks: Option<&Bound<'_, AlwaysOnHooks>>) {
+    let new = hooks.map_or(std::ptr::null_mut(), |h| h.clone().into_any().into_ptr());
+    let old = ITEM_HOOKS.swap(new, Relaxed);
+    if !old.is_null() {
+        // SAFETY: the strong reference stored by an earlier call; the GIL is held
+        unsafe { ffi::Py_DECREF(old) };
     }
 }

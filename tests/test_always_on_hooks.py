@@ -124,6 +124,38 @@ def test_item_raises_what_torch_raises_and_nothing_else():
     assert torch.tensor(7).item() == 7
 
 
+def test_item_is_a_compiled_method_of_tensorbase_while_running():
+    """``Tensor.item`` is a C method (rust/hooks.rs ``item_method``), as torch's own: no
+    Python frame, no bound method per call; torch's behaviour and doc, restored after."""
+    orig = torch.Tensor.item
+    tr = el.enable(mode="always-on", sample=0.0)
+    hooked = torch.Tensor.item
+    assert hooked is not orig and type(hooked) is type(torch._C.TensorBase.item)
+    assert hooked.__name__ == "item" and hooked.__objclass__ is torch._C.TensorBase
+    assert hooked.__doc__.startswith(orig.__doc__) and "esper_lifetimes" in hooked.__doc__
+    assert torch.Tensor.item(torch.tensor(1.5)) == 1.5  # unbound, as torch's
+    with pytest.raises(TypeError, match="doesn't apply to a 'int' object"):
+        hooked(5)  # the descriptor checks its self, as torch's does
+    assert tr.barriers == 1
+    el.disable()
+    assert torch.Tensor.item is orig
+
+
+def test_a_failure_in_the_item_hook_is_noted_never_raised(monkeypatch):
+    """The compiled ``.item()`` returns torch's value even when the tracker's path under
+    the hook fails: the failure goes to the tracker's diagnostics."""
+    tr = el.enable(mode="always-on", sample=0.0)
+    t = v.mark_host(torch.tensor(4.0))  # host memory: the hook hands the read to the
+    # Python tracker, which fails here
+
+    def broken(x: torch.Tensor) -> None:
+        raise RuntimeError("tracker bug")
+
+    monkeypatch.setattr(tr, "_blocking_read", broken)
+    assert t.item() == 4.0
+    assert any("tracker bug" in d for d in tr.diagnostics), tr.diagnostics
+
+
 def test_item_on_another_thread_or_inside_a_patched_call_is_no_barrier():
     tr = el.enable(mode="always-on", sample=0.0)
     t = threading.Thread(target=lambda: torch.ones(1).item())

@@ -16,6 +16,8 @@ __all__ = [
     "InvalidArgumentError",
     "UnknownStorageError",
     "_hazard_from_dict",
+    "item_method",
+    "set_item_hooks",
 ]
 
 _Site: TypeAlias = str | int | None
@@ -243,3 +245,11 @@ class AlwaysOnHooks:
     def on_device_sync(self) -> None: ...
     def after_item(self, t: Any) -> None: ...
     def skips_record(self, t: Any) -> bool: ...
+
+def item_method(base: type, orig: Any) -> Any:
+    """The compiled ``Tensor.item``: a method descriptor of ``base`` (``TensorBase``) that
+    calls ``orig`` (torch's ``item``), then the hooks of ``set_item_hooks``. Made once per
+    process for one ``orig``."""
+
+def set_item_hooks(hooks: AlwaysOnHooks | None) -> None:
+    """The hooks the compiled ``Tensor.item`` reports to; None for none."""

@@ -447,49 +447,37 @@ class AlwaysOnTracker(Tracker):
 # ---------------------------------------------------------------------------------------
 # ``Tensor.item()`` dispatches ``_local_scalar_dense`` only to a dispatch mode, so outside
 # windows it is invisible; it is the one sync many loops have (``loss.item()``). While an
-# always-on tracker runs, a thin wrapper reports it to the tracker's compiled hooks
-# (AlwaysOnHooks.after_item: a thread-id check, then the blocking read and the barrier).
+# always-on tracker runs, ``torch.Tensor.item`` is a compiled method (rust/hooks.rs,
+# ``item_method``: a C method of TensorBase, as torch's own is, so the call builds no bound
+# method and runs no Python frame) that calls torch's and then reports the read to the
+# tracker's compiled hooks (AlwaysOnHooks.after_item: a thread-id check, then the
+# blocking read and the barrier).
 
 _torch_item = torch.Tensor.item
+_item = _core.item_method(torch._C.TensorBase, _torch_item)
 _host_marks = memory.host_marks
 _vstate = memory.vstate
 _VDEFAULT = memory.VDEFAULT
 
-
-def _item(self: torch.Tensor) -> Any:
-    result = _torch_item(self)
-    after = _after_item
-    if after is not None:
-        after(self)  # AlwaysOnHooks.after_item: the blocking read and the barrier
-    return result
-
-
-_item.__doc__ = _torch_item.__doc__
-_item.__wrapped__ = _torch_item  # type: ignore[attr-defined]
-
-
-# The tracker whose thread the hook reports (the one started last), its compiled hooks,
-# and the patch.
+# The tracker whose thread the hook reports (the one started last), and the patch.
 _started: AlwaysOnTracker | None = None
-_after_item: Any = None  # the hooks' after_item, bound once (no attribute lookup per call)
 _item_patch: patches.PatchSet | None = None
 
 
 def install_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
     """Reports ``Tensor.item()`` to ``tracker`` (benchmarks install it alone, with None)."""
-    global _started, _after_item, _item_patch
+    global _started, _item_patch
     _started = tracker
-    hooks = tracker._hooks if tracker is not None else None
-    _after_item = hooks.after_item if hooks is not None else None
+    _core.set_item_hooks(tracker._hooks if tracker is not None else None)
     if _item_patch is None:
         _item_patch = patches.PatchSet().apply([(torch.Tensor, "item", _item)])
 
 
 def remove_item_hook(tracker: AlwaysOnTracker | None = None) -> None:
-    global _started, _after_item, _item_patch
+    global _started, _item_patch
     if _started is tracker:
         _started = None
-        _after_item = None
+        _core.set_item_hooks(None)
     ps, _item_patch = _item_patch, None
     if ps is not None:
         ps.restore()
