@@ -648,11 +648,14 @@ pub fn item_method(base: &Bound<'_, PyType>, orig: &Bound<'_, PyAny>) -> PyResul
         ));
     }
     if IS_CPU.get().is_none() {
-        let d = base.getattr("is_cpu")?;
-        // SAFETY: a valid object's type; PyType_GetSlot reads static types from 3.10
-        let get = unsafe { ffi::PyType_GetSlot(ffi::Py_TYPE(d.as_ptr()), ffi::Py_tp_descr_get) };
-        if !get.is_null() {
-            let _ = IS_CPU.set((d.into_ptr() as usize, get as usize)); // held
+        // without it (a base with no `is_cpu`), `is_cpu` takes the attribute lookup
+        if let Ok(d) = base.getattr("is_cpu") {
+            // SAFETY: a valid object's type; PyType_GetSlot reads static types from 3.10
+            let get =
+                unsafe { ffi::PyType_GetSlot(ffi::Py_TYPE(d.as_ptr()), ffi::Py_tp_descr_get) };
+            if !get.is_null() {
+                let _ = IS_CPU.set((d.into_ptr() as usize, get as usize)); // held
+            }
         }
     }
     static DEF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

@@ -454,7 +454,9 @@ class AlwaysOnTracker(Tracker):
 # blocking read and the barrier).
 
 _torch_item = torch.Tensor.item
-_item = _core.item_method(torch._C.TensorBase, _torch_item)
+# the class that defines it (torch._C.TensorBase; _TensorBase in older torch releases)
+_item_base = next(c for c in torch.Tensor.__mro__ if "item" in vars(c))
+_item = _core.item_method(_item_base, _torch_item)
 _host_marks = memory.host_marks
 _vstate = memory.vstate
 _VDEFAULT = memory.VDEFAULT
