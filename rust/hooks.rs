@@ -12,8 +12,9 @@
 //!
 //! The tracker installs the `on_*` methods as instance attributes over its Python ones
 //! (`AlwaysOnTracker.start`), so the patched calls and virtual streams reach them with
-//! no Python frame of the tracker's; the `.item()` and `record_stream` wrappers call
-//! `after_item` and `skips_record`. Nothing here raises into the program: a failure is
+//! no Python frame of the tracker's; the `record_stream` wrapper calls `skips_record`,
+//! and `Tensor.item` is compiled here too (`item_method`, at the end of this file), which
+//! calls `after_item`. Nothing here raises into the program: a failure is
 //! handed to `tracker.note(exc, what)`. The engine lock is never held across a call
 //! into Python.
 
@@ -287,6 +288,36 @@ impl AlwaysOnHooks {
         let hazards = Self::apply_counted(py, r, Ev::StreamSync(h))?;
         self.barrier_checked(py, r, hazards)
     }
+
+    /// After torch's `Tensor.item()` on `t` returned (the compiled `Tensor.item`,
+    /// `item_impl` below, calls torch's first, then this): on the watched thread and
+    /// outside the tracker's own calls, the blocking read (a sync of the current stream)
+    /// and the barrier. Never raises.
+    fn after_item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) {
+        if !self.active.load(Relaxed) || current_thread() != self.thread {
+            return;
+        }
+        let Some(r) = &self.refs else { return };
+        let step = || -> PyResult<()> {
+            let ts = r.tstate.bind(py);
+            if let Some(d) = ts.get_item(intern!(py, "depth"))? {
+                if d.is_truthy()? {
+                    return Ok(()); // inside a patched call: not an event of the program
+                }
+            }
+            if self.emulating.load(Relaxed) || !self.alone() {
+                // the real device of an emulated tensor, or another tracker on the thread
+                r.tracker
+                    .bind(py)
+                    .call_method1(intern!(py, "_item_slow"), (t,))?;
+                return Ok(());
+            }
+            self.blocking_read(py, r, t)
+        };
+        if let Err(e) = step() {
+            self.note(py, e, "blocking read");
+        }
+    }
 }
 
 #[pymethods]
@@ -472,36 +503,6 @@ impl AlwaysOnHooks {
 
     fn on_device_sync(&self, py: Python<'_>) {
         self.sync_then_barrier(py, "device_synchronize", |_| Ok(Ev::DeviceSync));
-    }
-
-    /// After torch's `Tensor.item()` on `t` returned (the compiled `Tensor.item`,
-    /// `item_impl` below, calls torch's first, then this): on the watched thread and
-    /// outside the tracker's own calls, the blocking read (a sync of the current stream)
-    /// and the barrier. Never raises.
-    fn after_item(&self, py: Python<'_>, t: &Bound<'_, PyAny>) {
-        if !self.active.load(Relaxed) || current_thread() != self.thread {
-            return;
-        }
-        let Some(r) = &self.refs else { return };
-        let step = || -> PyResult<()> {
-            let ts = r.tstate.bind(py);
-            if let Some(d) = ts.get_item(intern!(py, "depth"))? {
-                if d.is_truthy()? {
-                    return Ok(()); // inside a patched call: not an event of the program
-                }
-            }
-            if self.emulating.load(Relaxed) || !self.alone() {
-                // the real device of an emulated tensor, or another tracker on the thread
-                r.tracker
-                    .bind(py)
-                    .call_method1(intern!(py, "_item_slow"), (t,))?;
-                return Ok(());
-            }
-            self.blocking_read(py, r, t)
-        };
-        if let Err(e) = step() {
-            self.note(py, e, "blocking read");
-        }
     }
 
     /// Whether `t.record_stream(...)` has nothing to record: called on the watched
